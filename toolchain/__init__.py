@@ -1,0 +1,3 @@
+"""qassure: certified quantization-error bounds for TFLite int8 models on microcontrollers."""
+
+__version__ = "0.1.0"
