@@ -1,0 +1,509 @@
+/* qassure int8 kernels: bit-exact C99 re-implementations of the TensorFlow Lite Micro
+ * reference int8 kernels.  See qassure_kernels.h for conventions.  Written from the
+ * documented behaviour of TFLM's reference_integer_ops / reference_ops and gemmlowp's
+ * fixedpoint.h; each function names the behaviour it reproduces. */
+#include "qassure_kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+static inline int32_t qa_min32(int32_t a, int32_t b) { return a < b ? a : b; }
+static inline int32_t qa_max32(int32_t a, int32_t b) { return a > b ? a : b; }
+static inline int32_t qa_clamp32(int32_t v, int32_t lo, int32_t hi) { return qa_min32(qa_max32(v, lo), hi); }
+
+/* x * 2^left_shift in int32 with two's-complement wrap, as the device's `x * (1 << s)`
+ * (written on uint32 so the C source has no signed-overflow UB). */
+static inline int32_t qa_shl32(int32_t x, int left_shift)
+{
+    return (int32_t)((uint32_t)x << left_shift);
+}
+
+/* ===================================================================================
+ * Rounding primitives
+ * =================================================================================== */
+
+/* gemmlowp SaturatingRoundingDoublingHighMul: (a*b*2 + 2^31) >> 32 with round half away
+ * from zero, computed as (ab + nudge) / 2^31 with C truncating division, nudge = 2^30
+ * for ab >= 0 and 1 - 2^30 otherwise; the single overflow case a = b = INT32_MIN
+ * saturates to INT32_MAX. */
+int32_t qa_saturating_rounding_doubling_high_mul(int32_t a, int32_t b)
+{
+    if (a == b && a == INT32_MIN) return INT32_MAX;
+    const int64_t ab = (int64_t)a * (int64_t)b;
+    const int64_t nudge = (ab >= 0) ? (INT64_C(1) << 30) : (INT64_C(1) - (INT64_C(1) << 30));
+    return (int32_t)((ab + nudge) / (INT64_C(1) << 31));
+}
+
+/* gemmlowp RoundingDivideByPOT: x / 2^exponent (0 <= exponent <= 31) rounded half away
+ * from zero, via arithmetic shift plus a remainder/threshold correction. */
+int32_t qa_rounding_divide_by_pot(int32_t x, int exponent)
+{
+    const int32_t mask = (int32_t)((UINT32_C(1) << exponent) - 1u);
+    const int32_t remainder = x & mask;
+    const int32_t threshold = (mask >> 1) + ((x < 0) ? 1 : 0);
+    return (x >> exponent) + ((remainder > threshold) ? 1 : 0);
+}
+
+#if QA_SINGLE_ROUNDING
+/* TFLM common.h MultiplyByQuantizedMultiplier under TFLITE_SINGLE_ROUNDING (= CMSIS-NN
+ * arm_nn_requantize with CMSIS_NN_USE_SINGLE_ROUNDING): one rounding, half up,
+ * (x*M + 2^(30-shift)) >> (31-shift) in int64; requires -31 <= shift <= 30. */
+int32_t qa_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift)
+{
+    const int total_shift = 31 - shift;
+    const int64_t round = INT64_C(1) << (total_shift - 1);
+    const int64_t result = ((int64_t)x * (int64_t)multiplier + round) >> total_shift;
+    return (int32_t)result;
+}
+
+/* TFLM: with TFLITE_SINGLE_ROUNDING both helpers are MultiplyByQuantizedMultiplier. */
+int32_t qa_multiply_by_quantized_multiplier_greater_than_one(int32_t x, int32_t multiplier, int left_shift)
+{
+    return qa_multiply_by_quantized_multiplier(x, multiplier, left_shift);
+}
+
+int32_t qa_multiply_by_quantized_multiplier_smaller_than_one_exp(int32_t x, int32_t multiplier, int shift)
+{
+    return qa_multiply_by_quantized_multiplier(x, multiplier, shift);
+}
+#else
+/* TFLM common.h MultiplyByQuantizedMultiplier, double rounding (default build; equal to
+ * CMSIS-NN arm_nn_requantize except at a = M = INT32_MIN where CMSIS-NN does not
+ * saturate): left shift max(shift,0) with int32 wrap, SaturatingRoundingDoublingHighMul,
+ * then RoundingDivideByPOT by max(-shift,0). */
+int32_t qa_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift)
+{
+    const int left_shift = shift > 0 ? shift : 0;
+    const int right_shift = shift > 0 ? 0 : -shift;
+    return qa_rounding_divide_by_pot(
+        qa_saturating_rounding_doubling_high_mul(qa_shl32(x, left_shift), multiplier), right_shift);
+}
+
+/* TFLM MultiplyByQuantizedMultiplierGreaterThanOne: SRDHM(x * 2^left_shift, M). */
+int32_t qa_multiply_by_quantized_multiplier_greater_than_one(int32_t x, int32_t multiplier, int left_shift)
+{
+    return qa_saturating_rounding_doubling_high_mul(qa_shl32(x, left_shift), multiplier);
+}
+
+/* TFLM MultiplyByQuantizedMultiplierSmallerThanOneExp: RDBPOT(SRDHM(x, M), -shift),
+ * defined for shift <= 0; a positive shift (never produced for int8 ADD) falls back
+ * to the general MultiplyByQuantizedMultiplier instead of a negative exponent. */
+int32_t qa_multiply_by_quantized_multiplier_smaller_than_one_exp(int32_t x, int32_t multiplier, int shift)
+{
+    if (shift > 0) return qa_multiply_by_quantized_multiplier(x, multiplier, shift);
+    return qa_rounding_divide_by_pot(qa_saturating_rounding_doubling_high_mul(x, multiplier), -shift);
+}
+#endif
+
+/* ===================================================================================
+ * FULLY_CONNECTED: reference_integer_ops::FullyConnected (per-tensor) and
+ * FullyConnectedPerChannel: acc = sum (w + filter_offset) * (x + input_offset) + bias,
+ * MultiplyByQuantizedMultiplier, + output_offset, clamp to [act_min, act_max].
+ * =================================================================================== */
+void qa_fully_connected(const qa_fc_params *p, const int8_t *input, const int8_t *filter,
+                        const int32_t *bias, int8_t *output)
+{
+    for (int32_t b = 0; b < p->batches; ++b) {
+        const int8_t *x = input + b * p->accum_depth;
+        for (int32_t oc = 0; oc < p->output_depth; ++oc) {
+            const int8_t *w = filter + oc * p->accum_depth;
+            int32_t acc = 0;
+            for (int32_t d = 0; d < p->accum_depth; ++d) {
+                acc += ((int32_t)w[d] + p->filter_offset) * ((int32_t)x[d] + p->input_offset);
+            }
+            if (bias != 0) acc += bias[oc];
+            const int32_t ch = p->per_channel ? oc : 0;
+            acc = qa_multiply_by_quantized_multiplier(acc, p->output_multiplier[ch], p->output_shift[ch]);
+            acc += p->output_offset;
+            output[b * p->output_depth + oc] = (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
+        }
+    }
+}
+
+/* ===================================================================================
+ * CONV_2D: reference_integer_ops::ConvPerChannel.  Output pixel (y, x) reads input rows
+ * y*stride_h - pad_h + dilation_h*fy (columns likewise); taps outside the image are
+ * skipped (they contribute zero *after* the input offset, i.e. real zero padding).
+ * Grouped convolution when filter_c < input_c, as TFLM's groups = input_c / filter_c.
+ * =================================================================================== */
+void qa_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter, const int32_t *bias,
+               int8_t *output)
+{
+    const int32_t groups = p->input_c / p->filter_c;
+    const int32_t filters_per_group = p->output_c / groups;
+    for (int32_t b = 0; b < p->batches; ++b) {
+        for (int32_t oy = 0; oy < p->output_h; ++oy) {
+            const int32_t in_y0 = oy * p->stride_h - p->pad_h;
+            for (int32_t ox = 0; ox < p->output_w; ++ox) {
+                const int32_t in_x0 = ox * p->stride_w - p->pad_w;
+                for (int32_t oc = 0; oc < p->output_c; ++oc) {
+                    const int32_t group = oc / filters_per_group;
+                    int32_t acc = 0;
+                    for (int32_t fy = 0; fy < p->filter_h; ++fy) {
+                        const int32_t in_y = in_y0 + p->dilation_h * fy;
+                        if (in_y < 0 || in_y >= p->input_h) continue;
+                        for (int32_t fx = 0; fx < p->filter_w; ++fx) {
+                            const int32_t in_x = in_x0 + p->dilation_w * fx;
+                            if (in_x < 0 || in_x >= p->input_w) continue;
+                            const int8_t *xin = input + ((b * p->input_h + in_y) * p->input_w + in_x) * p->input_c
+                                                + group * p->filter_c;
+                            const int8_t *w = filter + ((oc * p->filter_h + fy) * p->filter_w + fx) * p->filter_c;
+                            for (int32_t ic = 0; ic < p->filter_c; ++ic) {
+                                acc += (int32_t)w[ic] * ((int32_t)xin[ic] + p->input_offset);
+                            }
+                        }
+                    }
+                    if (bias != 0) acc += bias[oc];
+                    acc = qa_multiply_by_quantized_multiplier(acc, p->output_multiplier[oc], p->output_shift[oc]);
+                    acc += p->output_offset;
+                    output[((b * p->output_h + oy) * p->output_w + ox) * p->output_c + oc] =
+                        (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+}
+
+/* ===================================================================================
+ * DEPTHWISE_CONV_2D: reference_integer_ops::DepthwiseConvPerChannel.  Output channel
+ * oc = ic * depth_multiplier + m reads input channel ic and filter column oc.
+ * =================================================================================== */
+void qa_depthwise_conv2d(const qa_dwconv_params *p, const int8_t *input, const int8_t *filter,
+                         const int32_t *bias, int8_t *output)
+{
+    for (int32_t b = 0; b < p->batches; ++b) {
+        for (int32_t oy = 0; oy < p->output_h; ++oy) {
+            const int32_t in_y0 = oy * p->stride_h - p->pad_h;
+            for (int32_t ox = 0; ox < p->output_w; ++ox) {
+                const int32_t in_x0 = ox * p->stride_w - p->pad_w;
+                for (int32_t ic = 0; ic < p->input_c; ++ic) {
+                    for (int32_t m = 0; m < p->depth_multiplier; ++m) {
+                        const int32_t oc = ic * p->depth_multiplier + m;
+                        int32_t acc = 0;
+                        for (int32_t fy = 0; fy < p->filter_h; ++fy) {
+                            const int32_t in_y = in_y0 + p->dilation_h * fy;
+                            if (in_y < 0 || in_y >= p->input_h) continue;
+                            for (int32_t fx = 0; fx < p->filter_w; ++fx) {
+                                const int32_t in_x = in_x0 + p->dilation_w * fx;
+                                if (in_x < 0 || in_x >= p->input_w) continue;
+                                const int32_t xv = input[((b * p->input_h + in_y) * p->input_w + in_x) * p->input_c + ic];
+                                const int32_t wv = filter[(fy * p->filter_w + fx) * p->output_c + oc];
+                                acc += wv * (xv + p->input_offset);
+                            }
+                        }
+                        if (bias != 0) acc += bias[oc];
+                        acc = qa_multiply_by_quantized_multiplier(acc, p->output_multiplier[oc], p->output_shift[oc]);
+                        acc += p->output_offset;
+                        output[((b * p->output_h + oy) * p->output_w + ox) * p->output_c + oc] =
+                            (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ===================================================================================
+ * Pooling: reference_integer_ops::AveragePool / MaxPool (int8).  The window is cut to
+ * the valid part of the input; no zero point handling (input and output share it).
+ * =================================================================================== */
+int qa_average_pool(const qa_pool_params *p, const int8_t *input, int8_t *output)
+{
+    for (int32_t b = 0; b < p->batches; ++b) {
+        for (int32_t oy = 0; oy < p->output_h; ++oy) {
+            const int32_t in_y0 = oy * p->stride_h - p->pad_h;
+            const int32_t fy0 = qa_max32(0, -in_y0);
+            const int32_t fy1 = qa_min32(p->filter_h, p->input_h - in_y0);
+            for (int32_t ox = 0; ox < p->output_w; ++ox) {
+                const int32_t in_x0 = ox * p->stride_w - p->pad_w;
+                const int32_t fx0 = qa_max32(0, -in_x0);
+                const int32_t fx1 = qa_min32(p->filter_w, p->input_w - in_x0);
+                for (int32_t c = 0; c < p->channels; ++c) {
+                    int32_t acc = 0;
+                    int32_t count = 0;
+                    for (int32_t fy = fy0; fy < fy1; ++fy) {
+                        for (int32_t fx = fx0; fx < fx1; ++fx) {
+                            acc += input[((b * p->input_h + in_y0 + fy) * p->input_w + in_x0 + fx) * p->channels + c];
+                            ++count;
+                        }
+                    }
+                    if (count == 0) return -1;
+                    /* Round half away from zero: (acc +- count/2) / count, C truncation. */
+                    acc = (acc > 0) ? (acc + count / 2) / count : (acc - count / 2) / count;
+                    output[((b * p->output_h + oy) * p->output_w + ox) * p->channels + c] =
+                        (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+void qa_max_pool(const qa_pool_params *p, const int8_t *input, int8_t *output)
+{
+    for (int32_t b = 0; b < p->batches; ++b) {
+        for (int32_t oy = 0; oy < p->output_h; ++oy) {
+            const int32_t in_y0 = oy * p->stride_h - p->pad_h;
+            const int32_t fy0 = qa_max32(0, -in_y0);
+            const int32_t fy1 = qa_min32(p->filter_h, p->input_h - in_y0);
+            for (int32_t ox = 0; ox < p->output_w; ++ox) {
+                const int32_t in_x0 = ox * p->stride_w - p->pad_w;
+                const int32_t fx0 = qa_max32(0, -in_x0);
+                const int32_t fx1 = qa_min32(p->filter_w, p->input_w - in_x0);
+                for (int32_t c = 0; c < p->channels; ++c) {
+                    int32_t mx = INT8_MIN; /* std::numeric_limits<int8_t>::lowest() */
+                    for (int32_t fy = fy0; fy < fy1; ++fy) {
+                        for (int32_t fx = fx0; fx < fx1; ++fx) {
+                            mx = qa_max32(mx, input[((b * p->input_h + in_y0 + fy) * p->input_w + in_x0 + fx) * p->channels + c]);
+                        }
+                    }
+                    output[((b * p->output_h + oy) * p->output_w + ox) * p->channels + c] =
+                        (int8_t)qa_clamp32(mx, p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+}
+
+/* ===================================================================================
+ * ADD: reference_integer_ops::AddElementwise (int8): each input (q + offset) << 20,
+ * MultiplyByQuantizedMultiplierSmallerThanOneExp with its own multiplier, sum, the
+ * same with the output multiplier, + output_offset, clamp.
+ * =================================================================================== */
+void qa_add(const qa_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output)
+{
+    for (int32_t i = 0; i < p->size; ++i) {
+        const int32_t v1 = qa_shl32((int32_t)input1[i] + p->input1_offset, p->left_shift);
+        const int32_t v2 = qa_shl32((int32_t)input2[i] + p->input2_offset, p->left_shift);
+        const int32_t s1 = qa_multiply_by_quantized_multiplier_smaller_than_one_exp(v1, p->input1_multiplier, p->input1_shift);
+        const int32_t s2 = qa_multiply_by_quantized_multiplier_smaller_than_one_exp(v2, p->input2_multiplier, p->input2_shift);
+        const int32_t raw = qa_multiply_by_quantized_multiplier_smaller_than_one_exp(s1 + s2, p->output_multiplier,
+                                                                                   p->output_shift) + p->output_offset;
+        output[i] = (int8_t)qa_clamp32(raw, p->act_min, p->act_max);
+    }
+}
+
+/* ===================================================================================
+ * MUL: reference_integer_ops::MulElementwise (int8):
+ * output_offset + MultiplyByQuantizedMultiplier((q1 + off1) * (q2 + off2), M, shift).
+ * =================================================================================== */
+void qa_mul(const qa_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output)
+{
+    for (int32_t i = 0; i < p->size; ++i) {
+        const int32_t prod = ((int32_t)input1[i] + p->input1_offset) * ((int32_t)input2[i] + p->input2_offset);
+        const int32_t raw = p->output_offset + qa_multiply_by_quantized_multiplier(prod, p->output_multiplier, p->output_shift);
+        output[i] = (int8_t)qa_clamp32(raw, p->act_min, p->act_max);
+    }
+}
+
+/* ===================================================================================
+ * PAD: reference_ops::Pad (constant mode): every output element outside the copied
+ * input block takes pad_value (the output zero point for int8 PAD).
+ * =================================================================================== */
+void qa_pad(const qa_pad_params *p, const int8_t *input, int8_t *output)
+{
+    int32_t od[4];
+    for (int k = 0; k < 4; ++k) od[k] = p->pad_before[k] + p->input_dims[k] + p->pad_after[k];
+    int32_t o = 0;
+    for (int32_t i0 = 0; i0 < od[0]; ++i0) {
+        const int32_t j0 = i0 - p->pad_before[0];
+        for (int32_t i1 = 0; i1 < od[1]; ++i1) {
+            const int32_t j1 = i1 - p->pad_before[1];
+            for (int32_t i2 = 0; i2 < od[2]; ++i2) {
+                const int32_t j2 = i2 - p->pad_before[2];
+                for (int32_t i3 = 0; i3 < od[3]; ++i3, ++o) {
+                    const int32_t j3 = i3 - p->pad_before[3];
+                    const int inside = j0 >= 0 && j0 < p->input_dims[0] && j1 >= 0 && j1 < p->input_dims[1]
+                                       && j2 >= 0 && j2 < p->input_dims[2] && j3 >= 0 && j3 < p->input_dims[3];
+                    output[o] = inside ? input[((j0 * p->input_dims[1] + j1) * p->input_dims[2] + j2) * p->input_dims[3] + j3]
+                                       : (int8_t)p->pad_value;
+                }
+            }
+        }
+    }
+}
+
+/* ===================================================================================
+ * CONCATENATION along the last axis: TFLM int8 CONCATENATION requires all inputs and
+ * the output to share scale and zero point, so it is a pure copy (reference_ops::
+ * Concatenation): for each outer index, the inputs' rows one after another.
+ * =================================================================================== */
+void qa_concatenation(const qa_concat_params *p, const int8_t *const *inputs, int8_t *output)
+{
+    for (int32_t o = 0; o < p->outer_size; ++o) {
+        for (int32_t i = 0; i < p->num_inputs; ++i) {
+            const int32_t n = p->axis_sizes[i];
+            memcpy(output, inputs[i] + o * n, (size_t)n);
+            output += n;
+        }
+    }
+}
+
+/* ===================================================================================
+ * MEAN over axes {1, 2}: TFLM reduce_common.cc EvalIntegerMean<int8_t>.
+ * - Input and output quantization equal: reference_ops::Mean<int8_t, int32_t>, an int32
+ *   sum of the raw int8 values divided by the element count with C truncation.
+ * - Otherwise reference_ops::QuantizedMeanOrSum in float32: scale = s_in / s_out,
+ *   bias = -zp_in * scale, out = clamp(round(sum / n * scale + bias) + zp_out) with
+ *   round = std::round (half away from zero).  Compile with -ffp-contract=off (or
+ *   -std=c99) so the multiply-add is not fused: TFLM is built the same way.
+ * =================================================================================== */
+void qa_mean_hw(const qa_mean_params *p, const int8_t *input, int8_t *output)
+{
+    const int32_t n = p->input_h * p->input_w;
+    const int same = (p->input_zero_point == p->output_zero_point) && (p->input_scale == p->output_scale);
+    const float scale = p->input_scale / p->output_scale;
+    const float bias = (float)(-p->input_zero_point) * scale;
+    for (int32_t b = 0; b < p->batches; ++b) {
+        for (int32_t c = 0; c < p->channels; ++c) {
+            int32_t sum = 0;
+            for (int32_t i = 0; i < n; ++i) sum += input[(b * n + i) * p->channels + c];
+            int8_t out;
+            if (same) {
+                out = (int8_t)(sum / n);
+            } else {
+                const float mean = (float)sum / (float)n;
+                const float prod = mean * scale;
+                float r = roundf(prod + bias) + (float)p->output_zero_point;
+                r = r < 127.0f ? r : 127.0f;
+                r = r > -128.0f ? r : -128.0f;
+                out = (int8_t)r;
+            }
+            output[b * p->channels + c] = out;
+        }
+    }
+}
+
+/* ===================================================================================
+ * Elementwise int8 maps through a 256-entry table (LOGISTIC, TANH, ...): the table
+ * index is the int8 input + 128.
+ * =================================================================================== */
+void qa_lookup_table(const int8_t table[256], const int8_t *input, int8_t *output, int32_t size)
+{
+    for (int32_t i = 0; i < size; ++i) output[i] = table[(int32_t)input[i] + 128];
+}
+
+/* ===================================================================================
+ * SOFTMAX int8: reference_ops::Softmax<int8_t, int8_t> (TFLM softmax for int8 in/out),
+ * gemmlowp fixed point.  Q-formats: input differences in Q5.26 (kScaledDiffIntegerBits
+ * = 5), exponentials in Q0.31, their sum in Q12.19 (kAccumulationIntegerBits = 12).
+ * =================================================================================== */
+
+/* gemmlowp SaturatingRoundingMultiplyByPOT<exponent>: saturating x * 2^exponent for
+ * exponent > 0, RoundingDivideByPOT for exponent < 0. */
+static int32_t qa_fp_mul_pot(int32_t x, int exponent)
+{
+    if (exponent > 0) {
+        const int32_t threshold = (int32_t)((UINT32_C(1) << (31 - exponent)) - 1u);
+        if (x > threshold) return INT32_MAX;
+        if (x < -threshold) return INT32_MIN;
+        return qa_shl32(x, exponent);
+    }
+    if (exponent < 0) return qa_rounding_divide_by_pot(x, -exponent);
+    return x;
+}
+
+/* FixedPoint multiplication: raw SaturatingRoundingDoublingHighMul (Qa * Qb -> Qa+b). */
+static inline int32_t qa_fp_mul(int32_t a, int32_t b) { return qa_saturating_rounding_doubling_high_mul(a, b); }
+
+/* gemmlowp exp_on_interval_between_negative_one_quarter_and_0_excl (Q0.31 in and out):
+ * 4th-order Taylor expansion of exp around -1/8. */
+static int32_t qa_exp_on_interval_neg_quarter_0(int32_t a)
+{
+    const int32_t constant_term = 1895147668;  /* exp(-1/8) */
+    const int32_t constant_1_over_3 = 715827883;
+    const int32_t x = a + (1 << 28);          /* a + 1/8 */
+    const int32_t x2 = qa_fp_mul(x, x);
+    const int32_t x3 = qa_fp_mul(x2, x);
+    const int32_t x4 = qa_fp_mul(x2, x2);
+    const int32_t x4_over_4 = qa_fp_mul_pot(x4, -2);
+    const int32_t poly = qa_fp_mul_pot(qa_fp_mul(x4_over_4 + x3, constant_1_over_3) + x2, -1);
+    return constant_term + qa_fp_mul(constant_term, x + poly);
+}
+
+/* gemmlowp exp_on_negative_values for a Q5.26 input (a <= 0), Q0.31 result. */
+static int32_t qa_exp_on_negative_values_q5(int32_t a)
+{
+    enum { kFractionalBits = 26 };
+    const int32_t one_quarter = 1 << (kFractionalBits - 2);
+    const int32_t mask = one_quarter - 1;
+    const int32_t a_mod_quarter_minus_one_quarter = (a & mask) - one_quarter;
+    /* Rescale<0> from Q5.26: saturating multiply by 2^5. */
+    int32_t result = qa_exp_on_interval_neg_quarter_0(qa_fp_mul_pot(a_mod_quarter_minus_one_quarter, 5));
+    const int32_t remainder = a_mod_quarter_minus_one_quarter - a;
+    /* Barrel shifter: multiply by exp(-2^k) for every set bit k of the remainder. */
+    static const int32_t multipliers[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
+    for (int k = -2; k <= 4; ++k) {
+        if (remainder & (1 << (kFractionalBits + k))) result = qa_fp_mul(result, multipliers[k + 2]);
+    }
+    /* (kIntegerBits == 5: gemmlowp's clamp below -32 does not apply.) */
+    if (a == 0) result = INT32_MAX; /* FixedPoint<int32, 0>::One() */
+    return result;
+}
+
+/* gemmlowp one_over_one_plus_x_for_x_in_0_1 (Q0.31 in and out): Newton-Raphson for
+ * 1 / (1 + x), 3 iterations in Q2.29. */
+static int32_t qa_one_over_one_plus_x_for_x_in_0_1(int32_t a)
+{
+    /* RoundingHalfSum(a, One()) with One() = INT32_MAX in Q0.31 */
+    const int64_t sum = (int64_t)a + (int64_t)INT32_MAX;
+    const int64_t sign = sum >= 0 ? 1 : -1;
+    const int32_t half_denominator = (int32_t)((sum + sign) / 2);
+    const int32_t constant_48_over_17 = 1515870810;
+    const int32_t constant_neg_32_over_17 = -1010580540;
+    int32_t x = constant_48_over_17 + qa_fp_mul(half_denominator, constant_neg_32_over_17);
+    for (int i = 0; i < 3; ++i) {
+        const int32_t half_denominator_times_x = qa_fp_mul(half_denominator, x);
+        const int32_t one_minus = (1 << 29) - half_denominator_times_x; /* F2::One() - ... */
+        x = x + qa_fp_mul_pot(qa_fp_mul(x, one_minus), 2);                /* Rescale<2> from Q4.27 */
+    }
+    return qa_fp_mul_pot(x, 1); /* Rescale<0>(ExactMulByPot<-1>(x)) */
+}
+
+static int qa_clz32(uint32_t x)
+{
+    if (x == 0u) return 32;
+    return __builtin_clz(x);
+}
+
+void qa_softmax(const qa_softmax_params *p, const int8_t *input, int8_t *output)
+{
+    enum { kAccumulationIntegerBits = 12 };
+    for (int32_t r = 0; r < p->outer_size; ++r) {
+        const int8_t *in = input + r * p->depth;
+        int8_t *out = output + r * p->depth;
+        int32_t max_in_row = INT8_MIN;
+        for (int32_t c = 0; c < p->depth; ++c) max_in_row = qa_max32(max_in_row, in[c]);
+
+        int32_t sum_of_exps = 0; /* Q12.19 */
+        for (int32_t c = 0; c < p->depth; ++c) {
+            const int32_t diff = (int32_t)in[c] - max_in_row;
+            if (diff >= p->diff_min) {
+                const int32_t scaled = qa_multiply_by_quantized_multiplier_greater_than_one(diff, p->input_multiplier,
+                                                                                         p->input_left_shift);
+                sum_of_exps += qa_fp_mul_pot(qa_exp_on_negative_values_q5(scaled), -kAccumulationIntegerBits);
+            }
+        }
+
+        /* GetReciprocal(sum_of_exps, 12, &num_bits_over_unit) */
+        const int headroom_plus_one = qa_clz32((uint32_t)sum_of_exps);
+        const int num_bits_over_unit = kAccumulationIntegerBits - headroom_plus_one;
+        const int32_t shifted_sum_minus_one =
+            (int32_t)(((uint32_t)sum_of_exps << headroom_plus_one) - (UINT32_C(1) << 31));
+        const int32_t shifted_scale = qa_one_over_one_plus_x_for_x_in_0_1(shifted_sum_minus_one);
+
+        for (int32_t c = 0; c < p->depth; ++c) {
+            const int32_t diff = (int32_t)in[c] - max_in_row;
+            if (diff >= p->diff_min) {
+                const int32_t scaled = qa_multiply_by_quantized_multiplier_greater_than_one(diff, p->input_multiplier,
+                                                                                         p->input_left_shift);
+                const int32_t exp_in_0 = qa_exp_on_negative_values_q5(scaled);
+                const int32_t unsat = qa_rounding_divide_by_pot(qa_fp_mul(shifted_scale, exp_in_0),
+                                                                num_bits_over_unit + 31 - 8);
+                out[c] = (int8_t)qa_clamp32(unsat + INT8_MIN, INT8_MIN, INT8_MAX);
+            } else {
+                out[c] = INT8_MIN;
+            }
+        }
+    }
+}
