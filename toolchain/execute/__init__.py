@@ -1,0 +1,88 @@
+"""Execute a prepared int8 graph on a batch, bit-exactly as the target's kernels do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolchain.errors import ModelError
+from toolchain.execute import kernels as K
+from toolchain.tflite import prepare as P
+from toolchain.tflite.ir import Graph, Operator
+
+
+@dataclass(frozen=True)
+class Run:
+    """Result of one batched execution: graph outputs, and every tensor when asked."""
+
+    outputs: tuple[np.ndarray, ...]  # each (B, *tensor.shape)
+    tensors: dict[int, np.ndarray] | None  # tensor index -> (B, *shape), when keep_intermediates
+
+    @property
+    def output(self) -> np.ndarray:
+        return self.outputs[0]
+
+
+def as_batch(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """Accept (B, *input_shape), (*input_shape) or (B, n) flattened inputs; return (B, *shape)."""
+    shape = graph.input.shape
+    x = np.asarray(x)
+    size = int(np.prod(shape))
+    if x.shape == shape:
+        return x[None]
+    if x.ndim >= 1 and x.size % size == 0 and (x.shape[1:] == shape or int(np.prod(x.shape[1:])) == size):
+        return x.reshape((x.shape[0],) + shape)
+    raise ModelError(f"input of shape {x.shape} does not fit the model input {shape}", graph.path)
+
+
+def run(pg: P.PreparedGraph, x: np.ndarray, keep_intermediates: bool = False) -> Run:
+    """Run the graph on a batch of inputs (int8 for int8-input graphs, float32 for float-input ones)."""
+    graph = pg.graph
+    values: dict[int, np.ndarray] = {graph.inputs[0]: as_batch(graph, x)}
+    for t in graph.tensors:
+        if t.data is not None:
+            values[t.index] = t.data[None]
+    for op, prep in zip(graph.operators, pg.ops):
+        values[op.outputs[0]] = run_op(graph, op, prep, values, pg.rounding)
+    outs = tuple(values[t] for t in graph.outputs)
+    return Run(outs, values if keep_intermediates else None)
+
+
+def run_op(graph: Graph, op: Operator, p: P.Prepared, values: dict[int, np.ndarray], rounding) -> np.ndarray:
+    """Execute one operator on the current tensor values."""
+    x = values[op.inputs[0]]
+    out_shape = graph.tensor(op.outputs[0]).shape
+    batch = x.shape[0]
+    if isinstance(p, P.FullyConnected):
+        return K.fully_connected(x, p, out_shape, rounding)
+    if isinstance(p, P.Conv):
+        return K.conv(x, p, rounding)
+    if isinstance(p, P.Pool):
+        return K.pool(x, p)
+    if isinstance(p, P.Add):
+        return K.add(x, values[op.inputs[1]], p, rounding)
+    if isinstance(p, P.Mul):
+        return K.mul(x, values[op.inputs[1]], p, rounding)
+    if isinstance(p, P.Reshape):
+        return x.reshape((batch,) + out_shape)
+    if isinstance(p, P.Pad):
+        return np.pad(x, ((0, 0),) + p.paddings, constant_values=p.pad_value).astype(np.int8)
+    if isinstance(p, P.Concatenation):
+        parts = [np.broadcast_to(values[t], (batch,) + values[t].shape[1:]) for t in op.inputs]
+        return np.concatenate(parts, axis=p.axis + 1)
+    if isinstance(p, P.Mean):
+        return K.mean(x, p, out_shape, rounding)
+    if isinstance(p, P.Softmax):
+        from toolchain.execute import fixedpoint
+
+        return fixedpoint.softmax_int8(x, fixedpoint.SoftmaxParams(p.input_multiplier, p.input_left_shift, p.diff_min))
+    if isinstance(p, P.Table):
+        return p.table[x.astype(np.int64) + 128]
+    if isinstance(p, P.Quantize):
+        if p.from_float:
+            return K.affine_quantize(x, p.scale, p.zero_point)
+        return K.requantize(x, p, rounding)
+    if isinstance(p, P.Dequantize):
+        return K.dequantize(x, p)
+    raise ModelError(f"{op.describe()}: no executor", graph.path)
