@@ -42,7 +42,7 @@ __all__ = [
     "quantize_multiplier", "calculate_input_radius",
     "SoftmaxParams", "LogisticParams", "TanhParams",
     "softmax_params", "logistic_params", "tanh_params",
-    "softmax_int8", "logistic_int8", "tanh_int8", "logistic_table", "tanh_table",
+    "softmax_int8", "softmax_int8_aborts", "logistic_int8", "tanh_int8", "logistic_table", "tanh_table",
 ]
 
 
@@ -429,11 +429,7 @@ def tanh_params(input_scale: float, input_zero_point: int) -> TanhParams:
 # Kernels
 # --------------------------------------------------------------------------------------------
 
-def softmax_int8(x: np.ndarray, p: SoftmaxParams) -> np.ndarray:
-    """reference_ops::Softmax<int8_t, int8_t> (reference/softmax.h), along the last axis.
-
-    TFLM's micro SOFTMAX calls this reference kernel for int8 -> int8.
-    """
+def _softmax_core(x: np.ndarray, p: SoftmaxParams):
     x = np.asarray(x)
     if x.dtype != np.int8:
         raise TypeError("softmax_int8 expects int8 input")
@@ -451,8 +447,32 @@ def softmax_int8(x: np.ndarray, p: SoftmaxParams) -> np.ndarray:
     sum_of_exps = wrap_int32(np.where(valid, terms, 0).sum(axis=-1, keepdims=True))
     shifted_scale, num_bits_over_unit = get_reciprocal(sum_of_exps, _SOFTMAX_ACCUM_INTEGER_BITS)
     exponent = num_bits_over_unit + 31 - 8
-    if np.any(exponent < 0) or np.any(exponent > 31):
-        raise ArithmeticError("softmax: TFLITE_CHECK(0 <= exponent <= 31) fails in TFLM")
+    return valid, exp_in_0, shifted_scale, exponent
+
+
+def softmax_int8_aborts(x: np.ndarray, p: SoftmaxParams) -> np.ndarray:
+    """Boolean over the leading axes: rows on which TFLM's int8 softmax hits
+    ``TFLITE_CHECK(0 <= exponent && exponent <= 31)`` and aborts the program.
+
+    exponent = floor(log2(sum of exps)) + 23, so this happens when the fixed-point sum of
+    exp(beta * scale * (x - max)) reaches 512, i.e. only for depth >= 512 with a flat row.
+    """
+    _, _, _, exponent = _softmax_core(x, p)
+    return ((exponent < 0) | (exponent > 31))[..., 0]
+
+
+def softmax_int8(x: np.ndarray, p: SoftmaxParams) -> np.ndarray:
+    """reference_ops::Softmax<int8_t, int8_t> (reference/softmax.h), along the last axis.
+
+    TFLM's micro SOFTMAX calls this reference kernel for int8 -> int8.  Raises ArithmeticError
+    if any row would make TFLM abort (see :func:`softmax_int8_aborts`).
+    """
+    valid, exp_in_0, shifted_scale, exponent = _softmax_core(x, p)
+    bad = (exponent < 0) | (exponent > 31)
+    if np.any(bad):
+        raise ArithmeticError(
+            f"softmax: {int(bad.sum())} row(s) fail TFLITE_CHECK(0 <= exponent <= 31) "
+            "(sum of exps >= 512): TFLM aborts")
     unsat = rounding_divide_by_pot(fixed_mul(shifted_scale, exp_in_0), exponent)
     out = np.clip(unsat - 128, -128, 127)
     out = np.where(valid, out, -128)
