@@ -98,7 +98,7 @@ def test_bad_model_files_raise_model_error(tmp_path: Path, name: str, content: b
 
 
 @pytest.mark.tf
-def test_conversion_failure_is_one_line(tmp_path: Path) -> None:
+def test_representative_shape_mismatch_is_model_error(tmp_path: Path) -> None:
     """Representative data that does not fit the model is a ModelError, not a converter traceback."""
     keras = qz._keras()
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -246,3 +246,11 @@ def test_zoo_multiplier_shifts_have_both_signs(zoo: dict) -> None:
 
     assert exponents(zoo["mlp_big_multiplier"].int8_tflite).max() > 0
     assert exponents(zoo["mlp_tiny_multiplier"].int8_tflite).min() <= -20
+
+
+@pytest.mark.tf
+def test_pump_classifier_converts_and_samples_lie_in_box(tmp_path: Path) -> None:
+    samples = qz.load_representative(REPO / "configs" / "data" / "pump_samples.npy")
+    assert samples.shape[1:] == (8,) and samples.min() >= -1.0 and samples.max() <= 1.0
+    result = qz.quantize(REPO / "configs" / "models" / "pump_classifier.keras", samples, tmp_path)
+    assert result.input_shape == (1, 8) and result.keras_vs_float_max_abs < 1e-4
