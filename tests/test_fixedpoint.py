@@ -337,6 +337,7 @@ def test_softmax_bit_exact_scale_and_beta_sweep():
     base = _convert("softmax", depth, -4.0, 4.0, batch)
     scales = np.exp(rng.uniform(np.log(2.0 ** -12), np.log(50.0), 24))
     betas = rng.choice([1.0, 0.5, 2.7, 0.1], 24)
+    n_eq = n_all = 0
     for s, b in zip(scales, betas, strict=True):
         buf = _patch(base, s, 0, b)
         x = _softmax_inputs(rng, batch, depth)
@@ -344,7 +345,10 @@ def test_softmax_bit_exact_scale_and_beta_sweep():
         _replace_aborting_rows(x, p, rng)
         got = fp.softmax_int8(x, p)
         want = _run(buf, x)
+        n_eq += int(np.sum(got == want))
+        n_all += got.size
         assert np.array_equal(got, want), f"scale {s} beta {b}: {np.sum(got != want)} mismatches"
+    print(f"softmax patched sweep: {n_eq}/{n_all} outputs bit-exact over {len(scales)} (scale, beta)")
 
 
 ALL_INT8 = np.arange(-128, 128, dtype=np.int64).astype(np.int8).reshape(1, 256)
@@ -366,8 +370,13 @@ def test_activation_tables_bit_exact_vs_tflm(act, code, params, table, outq):
         got = table(params(s_in, zp_in))[ALL_INT8.astype(np.int64) + 128]
         want = _run(buf, ALL_INT8)
         assert np.array_equal(got, want), f"range [{lo},{hi}]: {np.sum(got != want)} mismatches"
-    for s, zp in zip(np.exp(rng.uniform(np.log(2.0 ** -9), np.log(4.0), 40)),
-                     rng.integers(-128, 128, 40), strict=True):
+        print(f"{act} range [{lo},{hi}] scale {s_in:.6g} zp {zp_in}: {np.sum(got == want)}/256 bit-exact")
+    n_eq = 0
+    sweep = list(zip(np.exp(rng.uniform(np.log(2.0 ** -9), np.log(20.0), 40)),
+                     rng.integers(-128, 128, 40), strict=True)) + [(8.0, 0), (2.0 ** -27, 3)]
+    for s, zp in sweep:
         got = table(params(s, zp))[ALL_INT8.astype(np.int64) + 128]
         want = _run(_patch(base, s, zp), ALL_INT8)
+        n_eq += int(np.sum(got == want))
         assert np.array_equal(got, want), f"scale {s} zp {zp}: {np.sum(got != want)} mismatches"
+    print(f"{act} patched sweep: {n_eq}/{256 * len(sweep)} bit-exact over {len(sweep)} (scale, zp)")

@@ -409,9 +409,11 @@ def _act_params(input_scale: float, input_zero_point: int):
     m = _round_half_away(q * (1 << 31))
     if m > INT32_MAX:
         raise ValueError("input multiplier overflows int32")
+    if shift > 62:
+        raise ValueError(f"input scale {input_scale} too large: 1LL << {shift} is undefined in TFLM")
+    # For scale >= 8 (shift >= 31) the radius is 0: every input saturates (input 0 -> -128 since
+    # 0 <= -0), so the multiplier path (where 1 << 31 would be undefined) is never reached.
     radius = calculate_input_radius(_ACT_INPUT_INTEGER_BITS, shift, 31)
-    if shift > 31:
-        raise ValueError(f"input scale {input_scale} too large: 1 << {shift} is undefined in TFLM")
     return int(input_zero_point), radius, m, shift
 
 
