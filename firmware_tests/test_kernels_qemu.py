@@ -17,6 +17,7 @@ import pytest
 from firmware_tests import harness, ref_int8
 from firmware_tests.harness import Payload
 from toolchain.execute import arith
+from toolchain.execute import fixedpoint as fp
 from toolchain.execute import kernels as K
 from toolchain.tflite import prepare as P
 
@@ -287,9 +288,14 @@ def mean_cases(rng, n=40):
 
 
 def lut_cases(rng, n=4):
+    """Random tables, plus TFLM LOGISTIC / TANH tables from toolchain.execute.fixedpoint."""
+    tables = [_i8(rng, 256) for _ in range(n)]
+    for _ in range(3):
+        scale, zp = float(np.float32(math.exp(rng.uniform(-5, -1)))), int(rng.integers(-128, 128))
+        tables.append(fp.logistic_table(fp.logistic_params(scale, zp)).astype(np.int64))
+        tables.append(fp.tanh_table(fp.tanh_params(scale, zp)).astype(np.int64))
     out = []
-    for _ in range(n):
-        table = _i8(rng, 256)
+    for table in tables:
         x = np.concatenate([np.arange(-128, 128), _i8(rng, 100)])
         pl = Payload(OP["lut"]).i32(len(x)).i8s(table).i8s(x)
         out.append((pl, _both(lambda r, t=table, x=x: t[x + 128])))
@@ -297,16 +303,22 @@ def lut_cases(rng, n=4):
 
 
 def softmax_cases(rng, n=25):
+    """Double rounding: toolchain.execute.fixedpoint.softmax_int8 (checked against tflite-micro by
+    tests/test_fixedpoint.py). Single rounding: ref_int8.softmax_tflm (TFLITE_SINGLE_ROUNDING's
+    MultiplyByQuantizedMultiplierGreaterThanOne); rows on which TFLM aborts are not generated."""
     out = []
     for i in range(n):
         rows, depth = int(rng.integers(1, 5)), int(rng.integers(1, 20))
-        s_in = math.exp(rng.uniform(-5, 0.5))
-        mult, shift, diff_min = ref_int8.softmax_params(1.0, s_in)
-        x = _i8(rng, (rows, depth))
+        s_in = float(np.float32(math.exp(rng.uniform(-5, 0.5))))
+        p = fp.softmax_params(s_in)
+        x = _i8(rng, (rows, depth)).astype(np.int8)
         if i % 5 == 0:
             x[:, :] = x[:, :1]  # all equal: ties everywhere
-        pl = Payload(OP["softmax"]).i32(rows, depth, mult, shift, diff_min).i8s(x)
-        out.append((pl, {r: ref_int8.softmax_tflm(x, mult, shift, diff_min, r == "single") for r in ROUNDINGS}))
+        if fp.softmax_int8_aborts(x, p).any():
+            continue
+        pl = Payload(OP["softmax"]).i32(rows, depth, p.input_multiplier, p.input_left_shift, p.diff_min).i8s(x)
+        single = ref_int8.softmax_tflm(x, p.input_multiplier, p.input_left_shift, p.diff_min, True)
+        out.append((pl, {"double": fp.softmax_int8(x, p), "single": single}))
     return out
 
 
@@ -368,17 +380,26 @@ def test_kernel_bit_exact(qemu_results, kernel, rounding):
     print(f"{kernel}/{rounding}: {len(pairs)} cases, {n_values} values bit-exact")
 
 
-def test_softmax_reference_is_softmax():
-    """Sanity of the hand-written SOFTMAX reference: within 1 LSB (1/256) of the real softmax."""
+def test_softmax_reference_matches_executor():
+    """ref_int8.softmax_tflm (used for single rounding) agrees with toolchain.execute's
+    TFLM-verified softmax_int8 in the double-rounding build."""
     rng = np.random.default_rng(5)
-    for _ in range(30):
-        s_in = math.exp(rng.uniform(-4, 0))
-        m, e, dmin = ref_int8.softmax_params(1.0, s_in)
-        x = _i8(rng, (1, int(rng.integers(2, 12))))
-        q = ref_int8.softmax_tflm(x, m, e, dmin, False).astype(np.float64)
-        z = np.exp(s_in * (x - x.max()))
-        real = z / z.sum()
-        assert np.all(np.abs((q + 128) / 256 - real) <= 1.5 / 256)
+    for _ in range(40):
+        p = fp.softmax_params(float(np.float32(math.exp(rng.uniform(-5, 0.5)))))
+        x = _i8(rng, (3, int(rng.integers(1, 16)))).astype(np.int8)
+        if fp.softmax_int8_aborts(x, p).any():
+            continue
+        want = fp.softmax_int8(x, p)
+        got = ref_int8.softmax_tflm(x, p.input_multiplier, p.input_left_shift, p.diff_min, False)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_vectors_reach_saturation():
+    """The random ADD / MUL / FC vectors do exercise the clamps at -128 and 127."""
+    cases = all_cases()
+    for kernel in ("add", "mul", "fc"):
+        values = np.concatenate([np.asarray(e["double"]).reshape(-1) for _, e in cases[kernel]])
+        assert (values == -128).any() and (values == 127).any(), kernel
 
 
 def test_compile_other_cores(firmware_toolchain):
