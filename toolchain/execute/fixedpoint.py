@@ -63,8 +63,9 @@ def wrap_int32(x) -> np.ndarray:
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     """gemmlowp::SaturatingRoundingDoublingHighMul<int32> (ARM VQRDMULH).
 
-    (a*b + nudge) / 2^31 with C truncating division, nudge = 2^30 if a*b >= 0 else 1 - 2^30
-    (i.e. round half away from zero of a*b/2^31); a == b == INT32_MIN saturates to INT32_MAX.
+    (a*b + nudge) / 2^31 with C truncating division, nudge = 2^30 if a*b >= 0 else 1 - 2^30.
+    That equals floor((a*b + 2^30) / 2^31): ties round *up* (toward +inf), so -0.5 -> 0 and
+    -1.5 -> -1 (not away from zero).  a == b == INT32_MIN saturates to INT32_MAX.
     """
     a = _i64(a)
     b = _i64(b)
