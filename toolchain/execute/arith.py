@@ -24,9 +24,13 @@ def round_half_away(x: float) -> int:
 
 
 def round_half_away_f32(x: np.ndarray) -> np.ndarray:
-    """roundf on float32 values (used by input quantization and activation ranges)."""
+    """roundf on float32 values (input quantization, activation ranges, MEAN).
+
+    Computed as trunc(x) + (|x - trunc(x)| >= 1/2) * sign(x), where every step is exact in
+    float32; floor(x + 0.5) would be wrong for x just below a half (x + 0.5 rounds up)."""
     x = np.asarray(x, dtype=np.float32)
-    return np.where(x >= 0, np.floor(x + np.float32(0.5)), -np.floor(-x + np.float32(0.5))).astype(np.float32)
+    t = np.trunc(x)
+    return (t + np.where(np.abs(x - t) >= np.float32(0.5), np.sign(x), np.float32(0))).astype(np.float32)
 
 
 def quantize_multiplier(real: float, rounding: Rounding = "double") -> tuple[int, int]:
