@@ -1,0 +1,45 @@
+# qassure: `make certify TARGET=cortex-m4` and `make test` do all the set-up on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.qassure-setup-stamp
+TARGET ?= cortex-m4
+CONFIG ?= configs/default.yaml
+
+.PHONY: setup setup-firmware test certify bench clean
+
+setup: $(STAMP)
+
+# Runs once (the stamp also depends on pyproject.toml, so new dependencies re-run it).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --pre tflite-micro
+	$(PY) -m pip install --quiet 'pytest>=8' 'hypothesis>=6.100'
+	touch $(STAMP)
+
+# arm-none-eabi-gcc + qemu-system-arm for the firmware tests (scripts/setup-firmware.sh, needs root + apt).
+setup-firmware:
+	@if [ -x scripts/setup-firmware.sh ] || [ -f scripts/setup-firmware.sh ]; then \
+	  bash scripts/setup-firmware.sh; \
+	else echo "scripts/setup-firmware.sh not present: skipping firmware tool set-up"; fi
+
+test: setup
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  $(MAKE) --no-print-directory setup-firmware || echo "firmware set-up failed: firmware tests will skip"; \
+	fi
+	$(PY) -m pytest
+
+certify: setup
+	$(VENV)/bin/qassure run $(CONFIG) --target $(TARGET)
+
+bench: setup
+	@if [ -f bench/__main__.py ]; then $(PY) -m bench; \
+	elif [ -f bench/run.py ]; then $(PY) bench/run.py; \
+	else echo "bench/ has no runner yet"; exit 1; fi
+
+clean:
+	rm -rf build .cache .pytest_cache .hypothesis bench/out firmware_tests/out *.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
