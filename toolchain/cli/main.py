@@ -14,6 +14,9 @@ import typer
 from typer.core import TyperGroup
 
 from toolchain.cli import _common, check_bitexact, inspect, quantize, targets
+from toolchain.cli import certify as certify_cmd
+from toolchain.cli import run as run_cmd
+from toolchain.cli import verify as verify_cmd
 from toolchain.errors import EXIT_FAIL, EXIT_SOUNDNESS, QassureError, SoundnessViolation
 
 # name -> command function. One line per command.
@@ -22,6 +25,9 @@ COMMANDS: dict[str, Any] = {
     "inspect": inspect.command,
     "check-bitexact": check_bitexact.command,
     "quantize": quantize.command,
+    "certify": certify_cmd.command,
+    "run": run_cmd.command,
+    "verify-certificate": verify_cmd.command,
 }
 
 
