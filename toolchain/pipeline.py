@@ -157,7 +157,7 @@ class PairEvaluator:
     def quantize_input(self, xs: np.ndarray) -> np.ndarray:
         """Float sensor values → what the int8 graph's input receives (AffineQuantize)."""
         t = self.int8_graph.input
-        xs = np.asarray(xs, dtype=np.float64).reshape(len(xs), -1)
+        xs = np.asarray(xs, dtype=np.float64).reshape(len(xs), *t.shape)
         if t.dtype != "int8":
             return xs.astype(np.float32)
         scale, zp = t.quant.scalar()  # type: ignore[union-attr]
@@ -169,7 +169,8 @@ class PairEvaluator:
         if t.dtype != "int8" or t.quant is None:
             return xs
         scale, zp = t.quant.scalar()
-        return (np.float64(scale) * (self.quantize_input(xs).astype(np.float64) - zp)).astype(np.float32)
+        q = self.quantize_input(xs).reshape(len(xs), -1)
+        return (np.float64(scale) * (q.astype(np.float64) - zp)).astype(np.float32)
 
     def int8(self, xs: np.ndarray) -> np.ndarray:
         """f_q on the certified tensor, dequantized, (B, k) float64."""
@@ -192,7 +193,8 @@ class PairEvaluator:
 
         if self._interp is None:
             with quiet_fds():
-                self._interp = Interpreter(model_path=str(self.float_path), experimental_preserve_all_tensors=True)
+                keep = self.float_tensor not in self.float_graph.outputs  # an inner tensor, e.g. logits
+                self._interp = Interpreter(model_path=str(self.float_path), experimental_preserve_all_tensors=keep)
                 self._interp.allocate_tensors()
         it = self._interp
         inp = it.get_input_details()[0]
@@ -297,12 +299,20 @@ def make_models(config: Config, target: Target, work: Path) -> Models:
     return Models(res.float_tflite, res.int8_tflite, rep, res.keras_vs_float_max_abs)
 
 
+def certify_engine() -> tuple[Callable[..., Certificate], type]:
+    """(toolchain.certify.certify, toolchain.certify.region.Box); tests substitute a stand-in."""
+    try:
+        from toolchain.certify import certify
+        from toolchain.certify.region import Box
+    except ImportError as exc:
+        raise QassureError(f"the certify engines are not available in this installation ({exc})") from None
+    return certify, Box
+
+
 def certify_models(config: Config, target: Target, models: Models, *, method: str = "auto",
                    time_limit: float | None = None, workers: int = 1, progress: Progress = _quiet) -> Certificate:
     """Run the certify engines on the two graphs over the config's region; hashes of the inputs filled in."""
-    from toolchain.certify import certify
-    from toolchain.certify.region import Box
-
+    certify, Box = certify_engine()
     fg, ig = reader.read_model(models.float_tflite), reader.read_model(models.int8_tflite)
     check_region(config, ig.input.size, ig.output.size)
     boxes = [Box(low=lo, high=hi) for lo, hi in region_boxes(config, ig.input.size)]

@@ -1,0 +1,178 @@
+"""The pre-flash gate (`qassure run`): checks, exit codes, what is (not) emitted.
+
+The certify engines are replaced by `fake_engine` (a stand-in that samples the exact executor and
+scales the worst error up), so these tests exercise the gate's orchestration and stay fast; the
+engines have their own soundness tests. Quantizing the pump classifier needs TensorFlow (~4 s).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from toolchain import pipeline
+from toolchain.certificate import Certificate, OutputBound, RegionCertificate, Saturation, Witness, verdict_for
+from toolchain.cli.main import app
+
+REPO = Path(__file__).resolve().parents[1]
+PUMP_MODEL = REPO / "configs" / "models" / "pump_classifier.keras"
+
+
+@dataclass
+class FakeBox:
+    low: np.ndarray
+    high: np.ndarray
+
+
+def fake_engine(margin: float = 1.5, extra: float = 0.05):
+    """(certify, Box) with the lead's signature: bounds = margin · (dense-sample max) + extra."""
+
+    def certify(fg, ig, target, boxes, *, input_interface, budget, method="auto", time_limit=60.0, workers=1,
+                samples=2000, seed=0, decision=None, progress=None):
+        pair = pipeline.PairEvaluator(fg.path, ig.path, target.rounding)
+        regions = []
+        for b in boxes:
+            xs = pipeline.sample_boxes([(b.low, b.high)], 400, seed=seed)
+            _, _, e = pair.errors(xs)
+            j = int(np.argmax(e.max(axis=1)))
+            lower = e.max(axis=0)
+            outs = [OutputBound(k, float(lower[k]), float(lower[k] * margin + extra)) for k in range(e.shape[1])]
+            w = Witness([float(v) for v in xs[j]], float(e[j].max()), int(np.argmax(e[j])))
+            sat = Saturation("op #0 FULLY_CONNECTED", "dense", 3, -2.0, 9.0, -5.0, 5.0, True)
+            regions.append(RegionCertificate({"box": {"low": b.low.tolist(), "high": b.high.tolist()}}, outs, w,
+                                             max(o.upper for o in outs), max(o.lower for o in outs), "fake", 0.1,
+                                             saturations=[sat]))
+        k = len(regions[0].outputs)
+        outs = [OutputBound(i, max(r.outputs[i].lower for r in regions), max(r.outputs[i].upper for r in regions))
+                for i in range(k)]
+        best = max(regions, key=lambda r: r.witness.error)
+        region = regions[0].region if len(regions) == 1 else [r.region for r in regions]
+        return Certificate(verdict_for(outs, budget), max(o.upper for o in outs), outs, best.witness, region,
+                           target.name, "fake", 0.2, list(budget), ig.output.name, regions)
+
+    return certify, FakeBox
+
+
+def write_config(tmp: Path, name: str = "pump", budget: float = 50.0, **extra) -> Path:
+    doc = {"name": name, "model": str(PUMP_MODEL), "region": {"box": {"low": -1.0, "high": 1.0}},
+           "budget": {"max_abs_error": budget}, "representative_data": 200, "samples": 300, "time_limit": 5}
+    doc.update(extra)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setattr(pipeline, "certify_engine", lambda: fake_engine())
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(app, list(args))
+    return res.exit_code, res.stdout, res.stderr if hasattr(res, "stderr") else ""
+
+
+@pytest.mark.tf
+def test_gate_passes_and_writes_the_artifact(tmp_path, fake):
+    cfg = write_config(tmp_path)
+    code, out, _ = run_cli("run", str(cfg), "--target", "cortex-m4", "--out", str(tmp_path / "build"), "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["verdict"] == "pass" and doc["exit_code"] == 0
+    names = [c["name"] for c in doc["checks"]]
+    assert names[:3] == ["quantize", "bitexact", "certify"] and "memory-flash" in names and "memory-ram" in names
+    assert all(c["status"] == "pass" for c in doc["checks"])
+    art = tmp_path / "build" / "pump" / "cortex-m4"
+    assert Path(doc["artifact_dir"]) == art
+    for f in ("model_int8.tflite", "model_float.tflite", "model_data.h", "model_data.c", "certificate.json",
+              "report.md", "report.html", "bounds.png", "errors.png", "junit.xml", "timings.json"):
+        assert (art / f).is_file(), f
+    assert set(doc["metrics"]) == {"max_abs_error", "rmse", "mae", "l2_relative_error", "cosine_similarity"}
+    assert not (tmp_path / "build" / "pump" / "cortex-m4.failed").exists()
+    assert not [p for p in (tmp_path / "build" / "pump").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+@pytest.mark.tf
+def test_gate_over_budget_fails_without_deployable_files(tmp_path, fake):
+    build = tmp_path / "build"
+    assert run_cli("run", str(write_config(tmp_path)), "--target", "cortex-m4", "--out", str(build))[0] == 0
+    cfg = write_config(tmp_path, budget=1e-4)  # same name: the earlier passing artifact must disappear
+    code, out, _ = run_cli("run", str(cfg), "--target", "cortex-m4", "--out", str(build))
+    assert code == 1
+    assert "gate FAIL" in out and "certify" in out
+    assert not (build / "pump" / "cortex-m4").exists()
+    failed = build / "pump" / "cortex-m4.failed"
+    assert not list(failed.glob("*.tflite")) and not (failed / "model_data.c").exists()
+    report = (failed / "report.md").read_text()
+    assert "NOT deployable" in report and "Why the gate failed" in report and "## Witness" in report
+    junit = (failed / "junit.xml").read_text()
+    assert '<testcase classname="qassure.gate.pump.cortex-m4" name="certify">' in junit and "<failure" in junit
+
+
+@pytest.mark.tf
+def test_memory_over_budget_fails_with_numbers(tmp_path, fake):
+    tiny = yaml.safe_load((REPO / "targets" / "cortex-m4.yaml").read_text())
+    tiny.update(name="tiny-mcu", flash_bytes=1000, ram_bytes=16)
+    tpath = tmp_path / "tiny-mcu.yaml"
+    tpath.write_text(yaml.safe_dump(tiny))
+    code, out, _ = run_cli("run", str(write_config(tmp_path)), "--target", str(tpath), "--out",
+                           str(tmp_path / "b"), "--json")
+    assert code == 1
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["memory-flash"]["status"] == "fail" and "of 1,000 B" in checks["memory-flash"]["message"]
+    assert checks["memory-ram"]["status"] == "fail" and "of 16 B RAM" in checks["memory-ram"]["message"]
+
+
+@pytest.mark.tf
+def test_soundness_violation_exits_3_and_emits_nothing_deployable(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "certify_engine", lambda: fake_engine(margin=0.1, extra=0.0))
+    build = tmp_path / "build"
+    code, out, _ = run_cli("run", str(write_config(tmp_path)), "--target", "cortex-m4", "--out", str(build))
+    assert code == 3
+    assert "SOUNDNESS VIOLATION" in out
+    assert not (build / "pump" / "cortex-m4").exists()
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: nowhere.keras\nregion: {box: {low: 0, high: 1}}\nbudget: {max_abs_error: 1}\nfoo: 1\n")
+    res = CliRunner().invoke(app, ["run", str(bad), "--target", "cortex-m4"])
+    assert res.exit_code == 2
+    assert "foo" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = CliRunner().invoke(app, ["run", str(REPO / "configs" / "default.yaml"), "--target", "no-such-mcu"])
+    assert res.exit_code == 2 and "unknown target" in res.stderr
+
+
+def test_certify_command_rejects_unknown_method():
+    res = CliRunner().invoke(app, ["certify", str(REPO / "configs" / "default.yaml"), "--target", "cortex-m4",
+                                   "--method", "magic"])
+    assert res.exit_code == 2 and "--method" in res.stderr
+
+
+@pytest.mark.tf
+def test_certify_command_writes_its_three_files(tmp_path, fake):
+    out = tmp_path / "c"
+    res = CliRunner().invoke(app, ["certify", str(write_config(tmp_path)), "--target", "cortex-m4", "--out",
+                                   str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["schema"] == "qassure.certificate/1" and doc["verdict"] == "pass"
+    assert {"bound", "outputs", "witness", "region", "target", "method", "hashes", "seconds"} <= set(doc)
+    assert sorted(p.name for p in out.iterdir()) == ["certificate.json", "model_float.tflite", "model_int8.tflite"]
+    assert json.loads((out / "certificate.json").read_text())["hashes"]["model_int8.tflite"] == doc["hashes"][
+        "model_int8.tflite"]
+
+
+def test_shipped_configs_load():
+    from toolchain.config import load_config
+
+    for name in ("default", "acasxu", "ad01"):
+        cfg = load_config(REPO / "configs" / f"{name}.yaml")
+        assert cfg.time_limit <= 60
+    assert load_config(REPO / "configs" / "default.yaml").time_limit <= 30  # make certify < 60 s
