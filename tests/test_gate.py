@@ -30,8 +30,8 @@ class FakeBox:
     high: np.ndarray
 
 
-def fake_engine(margin: float = 1.5, extra: float = 0.05):
-    """(certify, Box) with the lead's signature: bounds = margin · (dense-sample max) + extra."""
+def fake_engine(margin: float = 2.0, extra: float = 0.2):
+    """(certify, Box) with the lead's signature: every U_k = margin · (sampled max over outputs) + extra."""
 
     def certify(fg, ig, target, boxes, *, input_interface, budget, method="auto", time_limit=60.0, workers=1,
                 samples=2000, seed=0, decision=None, progress=None):
@@ -42,7 +42,7 @@ def fake_engine(margin: float = 1.5, extra: float = 0.05):
             _, _, e = pair.errors(xs)
             j = int(np.argmax(e.max(axis=1)))
             lower = e.max(axis=0)
-            outs = [OutputBound(k, float(lower[k]), float(lower[k] * margin + extra)) for k in range(e.shape[1])]
+            outs = [OutputBound(k, float(lower[k]), float(lower.max() * margin + extra)) for k in range(e.shape[1])]
             w = Witness([float(v) for v in xs[j]], float(e[j].max()), int(np.argmax(e[j])))
             sat = Saturation("op #0 FULLY_CONNECTED", "dense", 3, -2.0, 9.0, -5.0, 5.0, True)
             regions.append(RegionCertificate({"box": {"low": b.low.tolist(), "high": b.high.tolist()}}, outs, w,
