@@ -1,0 +1,190 @@
+"""Certify: bound max |f(x) - f_q(x)| over input regions, and find inputs that reach it.
+
+`certify()` runs, per region: the falsifier (witnessed lower bound), then the chosen engine
+(interval | differential | milp | split | auto) for the certified upper bound, checks that no
+witness exceeds a bound (a soundness violation stops everything), and names the saturating
+layers. The result is a Certificate (toolchain.certificate).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from toolchain.certificate import (
+    Certificate,
+    OutputBound,
+    RegionCertificate,
+    Saturation,
+    Witness,
+    verdict_for,
+)
+from toolchain.certify import falsify as F
+from toolchain.certify import symbolic
+from toolchain.certify.region import Box
+from toolchain.errors import QassureError, SoundnessViolation
+from toolchain.merge import MergedNet, build
+from toolchain.tflite import ir
+from toolchain.tflite.prepare import PreparedGraph, prepare
+
+METHODS = ("auto", "interval", "differential", "milp", "split")
+# Explicit safety margin on every certified bound: float64 evaluation of the bounds themselves
+# (relative 1e-9) plus an absolute floor far below any int8 LSB.
+REL_MARGIN = 1e-9
+ABS_MARGIN = 1e-12
+# auto stops refining a region once U_k <= TARGET_RATIO * L_k for every output.
+TARGET_RATIO = 1.5
+
+
+def certify(
+    float_graph: ir.Graph,
+    int8_graph: ir.Graph,
+    target,
+    boxes: list[Box],
+    *,
+    input_interface: str = "float",
+    budget: list[float] | float,
+    method: str = "auto",
+    time_limit: float = 60.0,
+    workers: int = 1,
+    samples: int = 2000,
+    seed: int = 0,
+    decision: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Certificate:
+    if method not in METHODS:
+        raise QassureError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    t0 = time.monotonic()
+    say = progress or (lambda _msg: None)
+    rounding = getattr(target, "rounding", "double")
+    pg = prepare(int8_graph, rounding)
+    net = build(float_graph, pg, input_interface)
+    n_out = net.n_outputs
+    budgets = _budget_list(budget, n_out)
+    for b in boxes:
+        if b.low.size != net.n_inputs:
+            raise QassureError(f"the region has {b.low.size} inputs but the model takes {net.n_inputs}")
+    per_region_time = time_limit / max(1, len(boxes))
+    regions = []
+    for i, box in enumerate(boxes):
+        if input_interface == "int8":
+            box = box.snap_to_grid(net.input_scale, net.input_zero_point)
+        say(f"region {i + 1}/{len(boxes)}: falsifying")
+        regions.append(
+            certify_region(net, pg, box, budgets, method, per_region_time, workers, samples, seed + i, say)
+        )
+    outputs = [
+        OutputBound(k, max(r.outputs[k].lower for r in regions), max(r.outputs[k].upper for r in regions))
+        for k in range(n_out)
+    ]
+    worst = max(regions, key=lambda r: r.witness.error)
+    region_field: dict | list[dict] = regions[0].region if len(regions) == 1 else [r.region for r in regions]
+    notes = list(net.notes)
+    if decision == "top1":
+        notes.append("decision top1: not certified by this version (the certificate bounds output errors only)")
+    return Certificate(
+        verdict=verdict_for(outputs, budgets),
+        bound=max(o.upper for o in outputs),
+        outputs=outputs,
+        witness=worst.witness,
+        region=region_field,
+        target=getattr(target, "name", str(target)),
+        method=method,
+        seconds=round(time.monotonic() - t0, 3),
+        budget=budgets,
+        certified_tensor=net.certified_tensor,
+        regions=regions,
+        notes=notes,
+    )
+
+
+def _budget_list(budget, n_out: int) -> list[float]:
+    if isinstance(budget, (int, float)):
+        return [float(budget)] * n_out
+    b = [float(v) for v in budget]
+    if len(b) != n_out:
+        raise QassureError(f"budget has {len(b)} entries but the certified tensor has {n_out} outputs")
+    return b
+
+
+def certify_region(
+    net: MergedNet, pg: PreparedGraph, box: Box, budgets: list[float], method: str, time_limit: float,
+    workers: int, samples: int, seed: int, say: Callable[[str], None],
+) -> RegionCertificate:
+    t0 = time.monotonic()
+    found = F.falsify(net, pg, box, samples=samples, seed=seed)
+    say(f"witnessed error {found.lower.max():.6g}; bounding with {method}")
+    budget_arr = np.asarray(budgets)
+    leaves = 1
+    analysis = symbolic.interval_analysis(net, box) if method == "interval" else symbolic.differential_analysis(net, box)
+    upper = analysis.upper
+    if method == "milp":
+        from toolchain.certify import milp
+
+        res = milp.milp_bounds(net, box, analysis, time_limit=time_limit)
+        upper = np.minimum(upper, res.upper)
+    elif method in ("split", "auto"):
+        from toolchain.certify import split
+
+        def done(u: np.ndarray) -> bool:
+            return bool(np.all(u <= budget_arr) or np.all(u <= TARGET_RATIO * np.maximum(found.lower, 1e-300)))
+
+        if not done(upper):
+            remaining = max(0.0, time_limit - (time.monotonic() - t0))
+            res = split.split_search(net, box, time_limit=remaining, target=done, workers=workers, progress=say)
+            upper = np.minimum(upper, res.upper)
+            leaves = res.leaves
+    upper = upper * (1 + REL_MARGIN) + ABS_MARGIN
+    # A witnessed error above a certified bound is a bug in qassure: stop, emit nothing.
+    if np.any(found.lower > upper):
+        k = int(np.argmax(found.lower - upper))
+        raise SoundnessViolation(
+            f"soundness violation: output {k} error {found.lower[k]:.9g} observed at {found.inputs[k].tolist()} "
+            f"exceeds the certified bound {upper[k]:.9g} ({method})"
+        )
+    k_best = int(np.argmax(found.lower))
+    witness = Witness(found.inputs[k_best].tolist(), float(found.lower[k_best]), k_best)
+    outputs = [OutputBound(k, float(found.lower[k]), float(upper[k])) for k in range(net.n_outputs)]
+    return RegionCertificate(
+        region=box.to_dict(),
+        outputs=outputs,
+        witness=witness,
+        bound=float(upper.max()),
+        lower=float(found.lower.max()),
+        method=method,
+        seconds=round(time.monotonic() - t0, 3),
+        leaves=leaves,
+        saturations=saturations(net, pg, box, analysis, found),
+    )
+
+
+def saturations(net: MergedNet, pg: PreparedGraph, box: Box, analysis, found: F.Found, limit: int = 20) -> list[Saturation]:
+    """Channels whose certified float range exceeds what their int8 tensor can represent."""
+    out: list[Saturation] = []
+    for t, node in enumerate(net.nodes):
+        if t == 0 or node.linear_only:
+            continue
+        b = analysis.bounds[t]
+        yl, yh = b.y(node)
+        excess = np.maximum(yh - node.q_hi, 0) + np.maximum(node.q_lo - yl, 0)
+        for ch in np.argsort(-excess)[: limit]:
+            if excess[ch] <= 0.5 * node.scale:
+                break
+            out.append(Saturation(node.name, node.tensor, int(ch), float(yl[ch]), float(yh[ch]),
+                                  float(node.q_lo[ch]), float(node.q_hi[ch]), False))
+    out.sort(key=lambda s: -max(s.float_high - s.int8_high, s.int8_low - s.float_low))
+    out = out[:limit]
+    # Mark the ones a real input exceeds (replayed through the float graph at the witnesses).
+    if out:
+        xs = found.inputs
+        ys = net.forward_float(xs)
+        names = {n.name: i for i, n in enumerate(net.nodes)}
+        marked = []
+        for s in out:
+            y = ys[names[s.op]][:, s.channel]
+            hit = bool(np.any(y > s.int8_high) or np.any(y < s.int8_low))
+            marked.append(Saturation(**{**s.__dict__, "witnessed": hit}))
+        out = marked
+    return out

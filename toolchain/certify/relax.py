@@ -1,0 +1,81 @@
+"""Sound linear relaxations of the piecewise-linear functions of the merged network.
+
+Every relaxation here returns, elementwise, lines  alpha_l z + beta_l <= h(z) <= alpha_u z + beta_u
+valid for all z in [lo, hi]. For a piecewise-linear h, any slope is sound once its offset is
+taken as the max (upper) or min (lower) of h(v) - alpha v over the vertices v: the interval ends
+and the breakpoints inside it. We pick the chord's slope, which is exact where h is linear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Lines:
+    alpha_l: np.ndarray
+    beta_l: np.ndarray
+    alpha_u: np.ndarray
+    beta_u: np.ndarray
+
+
+def clamp(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(z, lo), hi)
+
+
+def _vertex_lines(
+    h: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray, breaks: Sequence[np.ndarray],
+    slope: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(alpha, beta_lower, beta_upper) for h over [lo, hi] with the given breakpoints."""
+    width = hi - lo
+    h_lo, h_hi = h(lo), h(hi)
+    if slope is None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.where(width > 1e-300, (h_hi - h_lo) / np.where(width > 1e-300, width, 1.0), 0.0)
+    slope = np.nan_to_num(slope, nan=0.0, posinf=0.0, neginf=0.0)
+    vertices = [lo, hi] + [np.clip(b, lo, hi) for b in breaks]
+    offsets = np.stack([h(v) - slope * v for v in vertices])
+    return slope, offsets.min(axis=0), offsets.max(axis=0)
+
+
+def clamp_lines(lo: np.ndarray, hi: np.ndarray, c_lo: np.ndarray, c_hi: np.ndarray) -> Lines:
+    """clamp(z, c_lo, c_hi) for z in [lo, hi] (c_lo / c_hi may be infinite)."""
+    fin_lo = np.where(np.isfinite(c_lo), c_lo, lo)
+    fin_hi = np.where(np.isfinite(c_hi), c_hi, hi)
+    a, bl, bu = _vertex_lines(lambda z: clamp(z, c_lo, c_hi), lo, hi, [fin_lo, fin_hi])
+    return Lines(a, bl, a, bu)
+
+
+def difference_of_clamps_lines(
+    lo: np.ndarray, hi: np.ndarray, f_lo: np.ndarray, f_hi: np.ndarray, g_lo: np.ndarray, g_hi: np.ndarray
+) -> Lines:
+    """B(u) = clamp(u, f_lo, f_hi) - clamp(u, g_lo, g_hi): the part of the error that comes from
+    the int8 range alone (saturation), as a function of the quantized pre-activation u."""
+
+    def h(z):
+        return clamp(z, f_lo, f_hi) - clamp(z, g_lo, g_hi)
+
+    breaks = [np.where(np.isfinite(b), b, lo) for b in (f_lo, f_hi, g_lo, g_hi)]
+    a, bl, bu = _vertex_lines(h, lo, hi, breaks)
+    return Lines(a, bl, a, bu)
+
+
+def lipschitz_difference_lines(d_lo: np.ndarray, d_hi: np.ndarray) -> Lines:
+    """A = f(p) - f(u) for a nondecreasing 1-Lipschitz f, in terms of delta = p - u in [d_lo, d_hi]:
+    min(0, delta) <= A <= max(0, delta); the chords of those two functions bound A linearly."""
+    a_u, _, b_u = _vertex_lines(lambda z: np.maximum(z, 0.0), d_lo, d_hi, [np.zeros_like(d_lo)])
+    a_l, b_l, _ = _vertex_lines(lambda z: np.minimum(z, 0.0), d_lo, d_hi, [np.zeros_like(d_lo)])
+    return Lines(a_l, b_l, a_u, b_u)
+
+
+def pick(coef: np.ndarray, lines: Lines) -> tuple[np.ndarray, np.ndarray]:
+    """For an objective term coef * h(z) to be bounded from above: (coef * alpha, coef * beta)
+    using the upper line where coef >= 0 and the lower line elsewhere. coef is (R, n)."""
+    pos = coef >= 0
+    alpha = np.where(pos, lines.alpha_u, lines.alpha_l)
+    beta = np.where(pos, lines.beta_u, lines.beta_l)
+    return coef * alpha, (coef * beta).sum(axis=1)

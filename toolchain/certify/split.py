@@ -1,0 +1,118 @@
+"""Input splitting: branch and bound over the region with the differential engine on each box.
+
+Each leaf is analysed by a pure function of (box, parent analysis), mapped over a
+`concurrent.futures` executor: a process pool here, any executor with `map` later (a cluster).
+The merged network reaches the workers once, through the pool's initializer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolchain.certify.region import Box
+from toolchain.certify.symbolic import Analysis, differential_analysis
+from toolchain.merge import MergedNet
+
+_NET: MergedNet | None = None
+
+
+def _init_worker(net: MergedNet) -> None:
+    global _NET
+    _NET = net
+
+
+def analyse_leaf(job: tuple[Box, Analysis | None]) -> Analysis:
+    """Pure subproblem: certified bounds of the merged network (set by the initializer) on a box."""
+    box, parent = job
+    assert _NET is not None
+    return differential_analysis(_NET, box, parent)
+
+
+def choose_split(net: MergedNet, box: Box) -> tuple[int, float]:
+    """Split the longest side (absolute); when it spans few int8 input cells, cut on a cell edge
+    so that the children's quantized inputs become exact."""
+    dim = int(np.argmax(box.width))
+    lo, hi = box.low[dim], box.high[dim]
+    mid = (lo + hi) / 2
+    if net.input_interface == "float":
+        s = net.input_scale
+        edge = s * (np.floor(mid / s) + 0.5)
+        cells = (hi - lo) / s
+        if cells < 8 and lo < edge < hi:
+            return dim, float(edge)
+    return dim, float(mid)
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    upper: np.ndarray  # per output
+    err_low: np.ndarray
+    err_high: np.ndarray
+    leaves: int
+    worst_box: Box
+    seconds: float
+
+
+def split_search(
+    net: MergedNet, box: Box, *, time_limit: float, target: Callable[[np.ndarray], bool], workers: int = 1,
+    executor: Executor | None = None, max_leaves: int = 200_000, progress: Callable[[str], None] | None = None,
+) -> SplitResult:
+    """Refine the worst leaf until `target(upper)` holds, the time runs out, or leaves run out."""
+    t0 = time.monotonic()
+    _init_worker(net)
+    root = differential_analysis(net, box)
+    counter = itertools.count()
+    heap: list = [(-float(root.upper.max()), next(counter), box, root)]
+    own_pool = None
+    if executor is None and workers > 1:
+        own_pool = executor = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(net,))
+    try:
+        last_report = t0
+        while heap:
+            upper = _combined(heap)
+            if target(upper[0]) or time.monotonic() - t0 > time_limit or len(heap) >= max_leaves:
+                break
+            batch = [heapq.heappop(heap) for _ in range(min(len(heap), max(1, 2 * workers)))]
+            jobs = []
+            for _, _, b, a in batch:
+                dim, at = choose_split(net, b)
+                if not b.low[dim] < at < b.high[dim]:
+                    heapq.heappush(heap, (-float(a.upper.max()), next(counter), b, a))  # cannot split further
+                    continue
+                lo_box, hi_box = _split_at(b, dim, at)
+                jobs += [(lo_box, a), (hi_box, a)]
+            if not jobs:
+                break
+            results = list(executor.map(analyse_leaf, jobs)) if executor is not None else [analyse_leaf(j) for j in jobs]
+            for (b, _), a in zip(jobs, results):
+                heapq.heappush(heap, (-float(a.upper.max()), next(counter), b, a))
+            if progress and time.monotonic() - last_report > 2.0:
+                last_report = time.monotonic()
+                progress(f"split: {len(heap)} boxes, bound {upper[0].max():.6g}")
+    finally:
+        if own_pool is not None:
+            own_pool.shutdown(cancel_futures=True)
+    up, lo, hi = _combined(heap)
+    worst = min(heap)[2]
+    return SplitResult(up, lo, hi, len(heap), worst, time.monotonic() - t0)
+
+
+def _split_at(box: Box, dim: int, at: float) -> tuple[Box, Box]:
+    hi1 = box.high.copy()
+    hi1[dim] = at
+    lo2 = box.low.copy()
+    lo2[dim] = at
+    return Box(box.low, hi1), Box(lo2, box.high)
+
+
+def _combined(heap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lows = np.min([a.err_low for *_, a in heap], axis=0)
+    highs = np.max([a.err_high for *_, a in heap], axis=0)
+    return np.maximum(np.abs(lows), np.abs(highs)), lows, highs

@@ -1,0 +1,253 @@
+"""Interval and differential (symbolic) bounds on the merged network over one input box.
+
+`interval` is the seed paper's baseline: float and quantized sides bounded separately, layer by
+layer, and the error bound is the distance between the two intervals.
+
+`differential` back-substitutes linear bounds (CROWN/DeepPoly style) through both sides at once,
+over the shared input x and the per-neuron rounding terms eps (free, bounded). Wherever an
+objective weighs y and ŷ with opposite signs it is rewritten as (l_f + l_q) y - l_q (y - ŷ), and
+the difference d = y - ŷ is relaxed directly: d = [f(p) - f(u)] + [f(u) - g(u)], the first part
+bounded through delta = p - u (ReluDiff-like), the second (saturation) through u. So the
+shared part cancels symbolically instead of being bounded twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from toolchain.certify import relax
+from toolchain.certify.region import Box
+from toolchain.merge import MergedNet, Node
+
+# Rows of objectives pushed back at once; bounds a block's memory to rows x widest layer.
+_BLOCK = 4096
+
+
+@dataclass
+class NodeBounds:
+    """Certified ranges at one node over the box: float pre-activation p, quantized pre-activation
+    u (with its rounding term), and their difference delta = p - u; then y and ŷ follow."""
+
+    pl: np.ndarray
+    ph: np.ndarray
+    ul: np.ndarray
+    uh: np.ndarray
+    dl: np.ndarray
+    dh: np.ndarray
+
+    def y(self, node: Node) -> tuple[np.ndarray, np.ndarray]:
+        return relax.clamp(self.pl, node.f_lo, node.f_hi), relax.clamp(self.ph, node.f_lo, node.f_hi)
+
+    def yq(self, node: Node) -> tuple[np.ndarray, np.ndarray]:
+        return relax.clamp(self.ul, node.q_lo, node.q_hi), relax.clamp(self.uh, node.q_lo, node.q_hi)
+
+    def tighten(self, other: NodeBounds) -> None:
+        self.pl, self.ph = np.maximum(self.pl, other.pl), np.minimum(self.ph, other.ph)
+        self.ul, self.uh = np.maximum(self.ul, other.ul), np.minimum(self.uh, other.uh)
+        self.dl, self.dh = np.maximum(self.dl, other.dl), np.minimum(self.dh, other.dh)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Result of one engine on one box: per-output certified |error| bound, and node ranges."""
+
+    upper: np.ndarray  # per output: max |y_k - ŷ_k| certified
+    err_low: np.ndarray  # per output: certified lower end of y_k - ŷ_k
+    err_high: np.ndarray
+    bounds: list[NodeBounds]
+
+
+def _interval_affine(mats, c, los, his) -> tuple[np.ndarray, np.ndarray]:
+    lo = c.astype(np.float64).copy()
+    hi = c.astype(np.float64).copy()
+    for A, l, h in zip(mats, los, his):
+        center, radius = (l + h) / 2, (h - l) / 2
+        absA = abs(A) if sp.issparse(A) else np.abs(A)
+        mid = A @ center
+        rad = absA @ radius
+        lo += np.asarray(mid - rad).ravel()
+        hi += np.asarray(mid + rad).ravel()
+    return lo, hi
+
+
+def interval_node(net: MergedNet, t: int, bounds: list[NodeBounds], box: Box) -> NodeBounds:
+    """Forward interval ranges of node t from the ranges of its inputs."""
+    node = net.nodes[t]
+    if t == 0:
+        lo, hi = box.low.astype(np.float64), box.high.astype(np.float64)
+        exact, value = exact_input(net, box)
+        ul = np.where(exact, value, lo - node.noise)
+        uh = np.where(exact, value, hi + node.noise)
+        return NodeBounds(lo, hi, ul, uh, lo - uh, hi - ul)
+    ys = [bounds[i].y(net.nodes[i]) for i in node.inputs]
+    yqs = [bounds[i].yq(net.nodes[i]) for i in node.inputs]
+    pl, ph = _interval_affine(node.A_f, node.c_f, [a for a, _ in ys], [b for _, b in ys])
+    ul, uh = _interval_affine(node.A_q, node.c_q, [a for a, _ in yqs], [b for _, b in yqs])
+    ul, uh = ul - node.noise, uh + node.noise
+    return NodeBounds(pl, ph, ul, uh, pl - uh, ph - ul)
+
+
+def interval_analysis(net: MergedNet, box: Box) -> Analysis:
+    """The naive merged-network baseline: independent intervals on each side."""
+    bounds: list[NodeBounds] = []
+    for t in range(len(net.nodes)):
+        bounds.append(interval_node(net, t, bounds, box))
+    node = net.nodes[net.output]
+    yl, yh = bounds[net.output].y(node)
+    ql, qh = bounds[net.output].yq(node)
+    lo, hi = yl - qh, yh - ql
+    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
+
+
+def exact_input(net: MergedNet, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """Per input: does the box lie in one rounding cell of the input quantization, and the
+    dequantized value the device then sees. Cells are taken with a margin of 1e-6 LSB so that
+    float32 division at a cell's edge cannot move an input to the neighbouring cell."""
+    s = net.input_scale
+    if net.input_interface == "int8":  # u_0 = x already holds exactly (noise 0)
+        return np.zeros(box.low.size, dtype=bool), box.low
+    tol = 1e-6
+    k = [np.floor(v / s + 0.5 + d) for v in (box.low, box.high) for d in (-tol, tol)]
+    exact = (k[0] == k[1]) & (k[1] == k[2]) & (k[2] == k[3]) & (np.abs(box.low) / s < 2**22)
+    value = np.clip(s * k[0], net.nodes[0].q_lo, net.nodes[0].q_hi)
+    return exact, value
+
+
+# --- back-substitution -----------------------------------------------------------------------
+
+
+def _rmul(P: np.ndarray, A) -> np.ndarray:
+    """P (R, n_out) @ A (n_out, n_in) for dense or sparse A."""
+    if sp.issparse(A):
+        return np.asarray((A.T @ P.T).T)
+    return P @ A
+
+
+def _relax_node(node: Node, b: NodeBounds, Lf: np.ndarray, Lq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replace Lf·y + Lq·ŷ at a node by P·p + U·u + const (an upper bound, row by row)."""
+    if node.linear_only:
+        return Lf, Lq, np.zeros(Lf.shape[0])
+    diff = (Lf * Lq) < 0
+    a = np.where(diff, Lf + Lq, Lf)  # on y
+    bq = np.where(diff, 0.0, Lq)  # on ŷ
+    c = np.where(diff, -Lq, 0.0)  # on d = y - ŷ
+    coef_p, k1 = relax.pick(a, relax.clamp_lines(b.pl, b.ph, node.f_lo, node.f_hi))
+    coef_u, k2 = relax.pick(bq, relax.clamp_lines(b.ul, b.uh, node.q_lo, node.q_hi))
+    const = k1 + k2
+    if diff.any():
+        # d = A(delta) + B(u). A = f(p) - f(u) is exactly delta (both sides in f's identity piece),
+        # exactly 0 (both in the same flat piece), else within [min(0, delta), max(0, delta)].
+        lo_all = np.minimum(b.pl, b.ul)
+        hi_all = np.maximum(b.ph, b.uh)
+        ident = (lo_all >= node.f_lo) & (hi_all <= node.f_hi)
+        flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
+        lines_a = relax.lipschitz_difference_lines(b.dl, b.dh)
+        one, zero = np.ones_like(b.dl), np.zeros_like(b.dl)
+        lines_a = relax.Lines(
+            np.where(ident, one, np.where(flat, zero, lines_a.alpha_l)),
+            np.where(ident | flat, zero, lines_a.beta_l),
+            np.where(ident, one, np.where(flat, zero, lines_a.alpha_u)),
+            np.where(ident | flat, zero, lines_a.beta_u),
+        )
+        coef_d, k3 = relax.pick(c, lines_a)
+        coef_b, k4 = relax.pick(c, relax.difference_of_clamps_lines(b.ul, b.uh, node.f_lo, node.f_hi, node.q_lo, node.q_hi))
+        coef_p = coef_p + coef_d
+        coef_u = coef_u - coef_d + coef_b
+        const = const + k3 + k4
+    return coef_p, coef_u, const
+
+
+def _back_substitute(
+    net: MergedNet, start: int, P: np.ndarray, U: np.ndarray, const: np.ndarray, bounds: list[NodeBounds], box: Box
+) -> np.ndarray:
+    """Upper bounds of P·p_start + U·u_start + const over the box, pushed back to the input."""
+    R = P.shape[0]
+    lam_f: dict[int, np.ndarray] = {}
+    lam_q: dict[int, np.ndarray] = {}
+    const = const.copy()
+    pending = {start: (P, U)}
+    for t in range(start, -1, -1):
+        if t in pending:
+            Pt, Ut = pending.pop(t)
+        elif t in lam_f:
+            Pt, Ut, k = _relax_node(net.nodes[t], bounds[t], lam_f.pop(t), lam_q.pop(t))
+            const += k
+        else:
+            continue
+        node = net.nodes[t]
+        const += Pt @ node.c_f + Ut @ node.c_q + np.abs(Ut) @ node.noise
+        if t == 0:
+            # p_0 = x and u_0 = x + eps_0; where the whole box lies in one rounding cell of the
+            # input quantization, u_0 is that cell's constant instead.
+            exact, value = exact_input(net, box)
+            const -= np.abs(Ut[:, exact]) @ node.noise[exact]
+            const += Ut[:, exact] @ value[exact]
+            G = Pt + np.where(exact[None, :], 0.0, Ut)
+            center, radius = (box.low + box.high) / 2, (box.high - box.low) / 2
+            return const + G @ center + np.abs(G) @ radius
+        for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q):
+            lf, lq = _rmul(Pt, Af), _rmul(Ut, Aq)
+            if i in lam_f:
+                lam_f[i] += lf
+                lam_q[i] += lq
+            else:
+                lam_f[i], lam_q[i] = lf, lq
+    return const  # pragma: no cover - every path reaches node 0
+
+
+def differential_analysis(net: MergedNet, box: Box, parent: Analysis | None = None) -> Analysis:
+    """Symbolic bounds for every node, then for the output error y_K - ŷ_K.
+
+    `parent` (the analysis of an enclosing box) tightens every range: a child's linear bound can
+    be looser than its parent's, so the smaller one is kept."""
+    bounds: list[NodeBounds] = []
+    for t, node in enumerate(net.nodes):
+        nb = interval_node(net, t, bounds, box)
+        if t > 0 and not node.linear_only:
+            n = node.size
+            for s in range(0, n, _BLOCK // 6 or 1):
+                e = min(n, s + max(1, _BLOCK // 6))
+                k = e - s
+                I = np.zeros((k, n))
+                I[np.arange(k), np.arange(s, e)] = 1.0
+                Z = np.zeros_like(I)
+                # rows: +p, -p, +u, -u, +delta, -delta (delta = p - u)
+                P = np.vstack([I, -I, Z, Z, I, -I])
+                U = np.vstack([Z, Z, I, -I, -I, I])
+                up = _back_substitute(net, t, P, U, np.zeros(6 * k), bounds, box)
+                sym = NodeBounds(-up[k:2 * k], up[:k], -up[3 * k:4 * k], up[2 * k:3 * k], -up[5 * k:], up[4 * k:5 * k])
+                part = NodeBounds(nb.pl[s:e], nb.ph[s:e], nb.ul[s:e], nb.uh[s:e], nb.dl[s:e], nb.dh[s:e])
+                part.tighten(sym)
+                nb.pl[s:e], nb.ph[s:e], nb.ul[s:e], nb.uh[s:e], nb.dl[s:e], nb.dh[s:e] = (
+                    part.pl, part.ph, part.ul, part.uh, part.dl, part.dh)
+        if parent is not None:
+            nb.tighten(parent.bounds[t])
+        bounds.append(nb)
+    # Output: y_K - ŷ_K, both signs.
+    K = net.output
+    n = net.nodes[K].size
+    I = np.eye(n)
+    Lf = np.vstack([I, -I])
+    Lq = np.vstack([-I, I])
+    Pk, Uk, k0 = _relax_node(net.nodes[K], bounds[K], Lf, Lq)
+    up = _back_substitute(net, K, Pk, Uk, k0, bounds, box)
+    hi, lo = up[:n], -up[n:]
+    ref = interval_analysis_from(net, bounds)
+    hi, lo = np.minimum(hi, ref[1]), np.maximum(lo, ref[0])
+    if parent is not None:
+        hi, lo = np.minimum(hi, parent.err_high), np.maximum(lo, parent.err_low)
+    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
+
+
+def interval_analysis_from(net: MergedNet, bounds: list[NodeBounds]) -> tuple[np.ndarray, np.ndarray]:
+    """Output error range implied by the node ranges alone (a cheap second opinion)."""
+    K = net.output
+    node = net.nodes[K]
+    yl, yh = bounds[K].y(node)
+    ql, qh = bounds[K].yq(node)
+    lo, hi = yl - qh, yh - ql
+    # When f and g agree on u, d = f(p) - f(u) is within delta's range.
+    return lo, hi
