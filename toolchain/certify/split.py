@@ -41,12 +41,13 @@ def choose_split(net: MergedNet, box: Box) -> tuple[int, float]:
     dim = int(np.argmax(box.width))
     lo, hi = box.low[dim], box.high[dim]
     mid = (lo + hi) / 2
-    if net.input_interface == "float":
-        s = net.input_scale
-        edge = s * (np.floor(mid / s) + 0.5)
-        cells = (hi - lo) / s
-        if cells < 8 and lo < edge < hi:
-            return dim, float(edge)
+    s = net.input_scale
+    edge = s * (np.floor(mid / s) + 0.5)
+    cells = (hi - lo) / s
+    if (net.input_interface == "int8" or cells < 8) and lo < edge < hi:
+        return dim, float(edge)
+    if net.input_interface == "int8":
+        return dim, float(mid) if cells >= 1 else float(lo)  # one grid point: nothing to split
     return dim, float(mid)
 
 
@@ -86,8 +87,10 @@ def split_search(
                 if not b.low[dim] < at < b.high[dim]:
                     heapq.heappush(heap, (-float(a.upper.max()), next(counter), b, a))  # cannot split further
                     continue
-                lo_box, hi_box = _split_at(b, dim, at)
-                jobs += [(lo_box, a), (hi_box, a)]
+                children = _split_at(b, dim, at)
+                if net.input_interface == "int8":  # keep only int8-representable inputs
+                    children = tuple(c.snap_to_grid(net.input_scale, net.input_zero_point) for c in children)
+                jobs += [(c, a) for c in children]
             if not jobs:
                 break
             results = list(executor.map(analyse_leaf, jobs)) if executor is not None else [analyse_leaf(j) for j in jobs]

@@ -1,0 +1,170 @@
+"""Soundness of the certify engines: bounds above every error the exact executor can produce.
+
+Each engine's certified bound is compared with (a) dense sampling of the bit-exact executor
+against the float graph, and (b) for tiny 2-input nets with an int8 interface, the exhaustive
+maximum over every int8 input in the box (MILP must then be exact up to its stated slack).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from toolchain.certify import ABS_MARGIN, REL_MARGIN, certify, falsify, milp, split, symbolic
+from toolchain.certify.region import Box
+from toolchain.errors import SoundnessViolation
+from toolchain.merge import build
+from toolchain.tflite import prepare, reader
+
+ENGINES = ("interval", "differential")
+# Zoo models whose ops the certify engines support.
+CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
+               "mlp_softmax", "cnn_depthwise")
+
+
+def _net(zoo_model, interface="float", rounding="double"):
+    fg = reader.read_model(zoo_model.float_tflite)
+    pg = prepare.prepare(reader.read_model(zoo_model.int8_tflite), rounding)
+    return build(fg, pg, interface), pg
+
+
+def _sampled_max(net, pg, box, n=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    xs = np.vstack([box.sample(n // 2, rng), box.corners(n // 2, rng)])
+    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("name", CERTIFIABLE)
+def test_engines_bound_sampled_errors(zoo, name):
+    net, pg = _net(zoo[name])
+    lo, hi = zoo[name].calibration_box if hasattr(zoo[name], "calibration_box") else (-1.0, 1.0)
+    lo = np.broadcast_to(np.asarray(lo, dtype=float), (net.n_inputs,))
+    hi = np.broadcast_to(np.asarray(hi, dtype=float), (net.n_inputs,))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        c = rng.uniform(lo, hi)
+        r = rng.uniform(0.01, 0.2) * (hi - lo)
+        box = Box(np.maximum(c - r, lo), np.minimum(c + r, hi))
+        seen = _sampled_max(net, pg, box, n=1000)
+        for engine in ENGINES:
+            a = symbolic.interval_analysis(net, box) if engine == "interval" else symbolic.differential_analysis(net, box)
+            assert np.all(a.upper >= seen), f"{name} {engine}: bound {a.upper} below sampled {seen}"
+
+
+@pytest.mark.tf
+def test_differential_tighter_than_interval(zoo):
+    net, _ = _net(zoo["mlp_fused"])
+    box = Box(np.full(net.n_inputs, -0.05), np.full(net.n_inputs, 0.05))
+    i = symbolic.interval_analysis(net, box).upper.max()
+    d = symbolic.differential_analysis(net, box).upper.max()
+    assert d <= i
+
+
+@pytest.fixture(scope="module")
+def tiny_nets(tmp_path_factory):
+    """Two-input MLPs (ReLU, ReLU6, none) converted to int8: small enough to enumerate."""
+    from toolchain.quantize import quantize_keras_model
+
+    import keras
+
+    out = {}
+    for seed in (0, 1, 2):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential([
+            keras.Input((2,)),
+            keras.layers.Dense(6, activation="relu"),
+            keras.layers.Dense(5, activation=["relu6", None, "relu"][seed]),
+            keras.layers.Dense(2),
+        ])
+        rng = np.random.default_rng(seed)
+        rep = rng.uniform(-1, 1, size=(200, 2)).astype(np.float32) * (0.5 if seed == 1 else 1.0)
+        d = tmp_path_factory.mktemp(f"tiny{seed}")
+        out[seed] = quantize_keras_model(model, rep, d)
+    return out
+
+
+def _exhaustive(net, pg, box):
+    s, zp = net.input_scale, net.input_zero_point
+    q0 = np.arange(np.ceil(box.low[0] / s - 1e-9), np.floor(box.high[0] / s + 1e-9) + 1)
+    q1 = np.arange(np.ceil(box.low[1] / s - 1e-9), np.floor(box.high[1] / s + 1e-9) + 1)
+    g0, g1 = np.meshgrid(q0, q1, indexing="ij")
+    xs = np.stack([g0.ravel(), g1.ravel()], axis=1) * s
+    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exhaustive_int8_inputs(tiny_nets, seed):
+    res = tiny_nets[seed]
+    fg = reader.read_model(res.float_tflite)
+    pg = prepare.prepare(reader.read_model(res.int8_tflite))
+    net = build(fg, pg, "int8")
+    box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7])).snap_to_grid(net.input_scale, net.input_zero_point)
+    exact = _exhaustive(net, pg, box)
+    analysis = symbolic.differential_analysis(net, box)
+    assert np.all(symbolic.interval_analysis(net, box).upper >= exact)
+    assert np.all(analysis.upper >= exact)
+    sr = split.split_search(net, box, time_limit=5.0, target=lambda u: False, max_leaves=64)
+    assert np.all(sr.upper * (1 + REL_MARGIN) + ABS_MARGIN >= exact)
+    m = milp.milp_bounds(net, box, analysis, time_limit=30.0)
+    assert np.all(m.upper >= exact), (m.upper, exact)
+    # Exact up to the stated margins: the solver tolerance margin, plus the slack of modelling
+    # rounding as "any integer within rho" (at most one output LSB where ties are ambiguous).
+    out_lsb = net.nodes[net.output].scale
+    assert np.all(m.upper <= exact + out_lsb + milp.MILP_ABS_MARGIN + 1e-6), (m.upper, exact, out_lsb)
+
+
+@pytest.mark.tf
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(c0=st.floats(-0.8, 0.8), c1=st.floats(-0.8, 0.8), r=st.floats(0.01, 0.3), seed=st.sampled_from([0, 1, 2]))
+def test_random_boxes_float_interface(tiny_nets, c0, c1, r, seed):
+    res = tiny_nets[seed]
+    net, pg = build(reader.read_model(res.float_tflite), prepare.prepare(reader.read_model(res.int8_tflite)),
+                    "float"), prepare.prepare(reader.read_model(res.int8_tflite))
+    box = Box(np.array([c0 - r, c1 - r]), np.array([c0 + r, c1 + r]))
+    seen = _sampled_max(net, pg, box, n=2000, seed=3)
+    assert np.all(symbolic.differential_analysis(net, box).upper >= seen)
+    assert np.all(symbolic.interval_analysis(net, box).upper >= seen)
+
+
+@pytest.mark.tf
+def test_certify_end_to_end_and_soundness_stop(tiny_nets, monkeypatch):
+    res = tiny_nets[0]
+    fg, qg = reader.read_model(res.float_tflite), reader.read_model(res.int8_tflite)
+    box = Box(np.array([-0.3, -0.3]), np.array([0.3, 0.3]))
+    cert = certify(fg, qg, "cortex-m4", [box], budget=1.0, method="auto", time_limit=5, samples=300)
+    assert cert.verdict == "pass"
+    assert all(o.lower <= o.upper for o in cert.outputs)
+    assert cert.witness.error == max(o.lower for o in cert.outputs)
+    # A bound below what the executor really produces must stop with a soundness violation.
+    real = symbolic.differential_analysis
+
+    def broken(net, b, parent=None):
+        a = real(net, b, parent)
+        return symbolic.Analysis(a.upper * 0, a.err_low * 0, a.err_high * 0, a.bounds)
+
+    monkeypatch.setattr(symbolic, "differential_analysis", broken)
+    with pytest.raises(SoundnessViolation):
+        certify(fg, qg, "cortex-m4", [box], budget=1.0, method="differential", time_limit=5, samples=300)
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_acasxu_property1_box_is_sound(shared_models, tmp_path):
+    from toolchain.quantize import quantize, sample_region
+
+    dom_lo = np.array([-0.328, -0.5, -0.5, -0.5, -0.5])
+    dom_hi = np.array([0.68, 0.5, 0.5, 0.5, 0.5])
+    res = quantize(shared_models / "acasxu_1_1.h5", sample_region(dom_lo, dom_hi, 300, 0), tmp_path)
+    fg, qg = reader.read_model(res.float_tflite), reader.read_model(res.int8_tflite)
+    box = Box(np.array([0.6, -0.5, -0.5, 0.45, -0.5]), np.array([0.6799, 0.5, 0.5, 0.5, -0.45]))
+    cert = certify(fg, qg, "cortex-m4", [box], budget=10.0, method="split", time_limit=10, samples=500)
+    net, pg = build(fg, prepare.prepare(qg), "float"), prepare.prepare(qg)
+    seen = _sampled_max(net, pg, box, n=4000)
+    assert all(o.upper >= s for o, s in zip(cert.outputs, seen))
+    assert "SOFTMAX" in " ".join(cert.notes)
