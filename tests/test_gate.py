@@ -176,3 +176,17 @@ def test_shipped_configs_load():
         cfg = load_config(REPO / "configs" / f"{name}.yaml")
         assert cfg.time_limit <= 60
     assert load_config(REPO / "configs" / "default.yaml").time_limit <= 30  # make certify < 60 s
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_default_config_end_to_end_with_the_real_engines(tmp_path):
+    """`make certify TARGET=cortex-m4`: passes, under 60 s, and the artifact verifies."""
+    code, out, _ = run_cli("run", str(REPO / "configs" / "default.yaml"), "--target", "cortex-m4", "--out",
+                           str(tmp_path), "--json")
+    doc = json.loads(out)
+    assert code == 0, doc["checks"]
+    assert doc["seconds"] < 60
+    assert doc["lower"] <= doc["bound"] <= doc["budget"][0]
+    res = CliRunner().invoke(app, ["verify-certificate", doc["artifact_dir"]])
+    assert res.exit_code == 0, res.output
