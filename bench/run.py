@@ -1,0 +1,119 @@
+"""Benchmarks: tightness and speed of every engine next to the interval baseline, and executor speed.
+
+Prints, per case and engine: certified upper U (max over outputs), witnessed lower L, U/L, seconds.
+Numbers belong here and in issue notes, never in tests. Run with `make bench` (about 5 minutes).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from toolchain.certify import falsify, milp, split, symbolic  # noqa: E402
+from toolchain.certify.region import Box  # noqa: E402
+from toolchain.execute import run  # noqa: E402
+from toolchain.merge import build  # noqa: E402
+from toolchain.oracle import TflmOracle  # noqa: E402
+from toolchain.tflite import prepare, reader  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "models"
+
+
+def row(case: str, engine: str, upper: float, lower: float, seconds: float) -> None:
+    ratio = upper / lower if lower > 0 else float("inf")
+    print(f"{case:34s} {engine:13s} U={upper:12.6g}  L={lower:10.6g}  U/L={ratio:10.3g}  {seconds:7.2f}s", flush=True)
+
+
+def bench_case(case: str, float_path: Path, int8_path: Path, boxes: list[Box], engines, time_limit=60.0, workers=2):
+    fg, qg = reader.read_model(float_path), reader.read_model(int8_path)
+    pg = prepare.prepare(qg)
+    net = build(fg, pg, "float")
+    for box in boxes:
+        t = time.monotonic()
+        found = falsify.falsify(net, pg, box, samples=2000)
+        lower = float(found.lower.max())
+        row(case, "falsifier", lower, lower, time.monotonic() - t)
+        for engine in engines:
+            t = time.monotonic()
+            if engine == "interval":
+                up = symbolic.interval_analysis(net, box).upper
+            elif engine == "differential":
+                up = symbolic.differential_analysis(net, box).upper
+            elif engine == "milp":
+                a = symbolic.differential_analysis(net, box)
+                up = np.minimum(a.upper, milp.milp_bounds(net, box, a, time_limit=time_limit).upper)
+            else:  # split: until U <= 1.5 L per output or the time limit
+                target = 1.5 * np.maximum(found.lower, 1e-300)
+                up = split.split_search(net, box, time_limit=time_limit, target=lambda u: bool(np.all(u <= target)),
+                                        workers=workers).upper
+            row(case, engine, float(up.max()), lower, time.monotonic() - t)
+
+
+def executor_speed(path: Path, batch: int = 256) -> None:
+    g = reader.read_model(path)
+    pg = prepare.prepare(g)
+    rng = np.random.default_rng(0)
+    xs = rng.integers(-128, 128, size=(batch,) + g.input.shape, dtype=np.int8)
+    t = time.monotonic()
+    run(pg, xs)
+    ours = time.monotonic() - t
+    oracle = TflmOracle(path, preserve_all=False)
+    t = time.monotonic()
+    oracle.run(xs)
+    tflm = time.monotonic() - t
+    print(f"executor speed {path.name:32s} batch {batch}: numpy {ours:.3f}s, tflite-micro {tflm:.3f}s, "
+          f"ratio tflm/numpy = {tflm / ours:.1f}x", flush=True)
+
+
+def main() -> None:
+    from toolchain.quantize import quantize, sample_region
+    from zoo import build_zoo
+
+    zoo = build_zoo(REPO / ".cache" / "zoo")
+    print("== executor speed vs tflite-micro ==")
+    for name in ("mlp_fused", "cnn_conv", "cnn_residual"):
+        executor_speed(zoo[name].int8_tflite)
+    for f in ("ad01_int8.tflite", "pretrainedResnet_quant.tflite"):
+        if (SHARED / f).exists():
+            executor_speed(SHARED / f)
+
+    print("== generated models (boxes of radius 0.05 around the centre of the calibration box) ==")
+    for name in ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_big_multiplier", "cnn_depthwise"):
+        z = zoo[name]
+        n = int(np.prod(reader.read_model(z.int8_tflite).input.shape))
+        box = Box(np.full(n, -0.05), np.full(n, 0.05))
+        engines = ("interval", "differential", "split") + (("milp",) if n <= 16 else ())
+        bench_case(name, z.float_tflite, z.int8_tflite, [box], engines, time_limit=20)
+
+    if (SHARED / "acasxu_1_1.h5").exists():
+        print("== ACAS Xu 1_1, property-1 box (logits before SOFTMAX) ==")
+        with tempfile.TemporaryDirectory() as d:
+            dom_lo = np.array([-0.328, -0.5, -0.5, -0.5, -0.5])
+            dom_hi = np.array([0.68, 0.5, 0.5, 0.5, 0.5])
+            res = quantize(SHARED / "acasxu_1_1.h5", sample_region(dom_lo, dom_hi, 500, 0), Path(d))
+            box = Box([0.6, -0.5, -0.5, 0.45, -0.5], [0.6799, 0.5, 0.5, 0.5, -0.45])
+            bench_case("acasxu_1_1 property-1", res.float_tflite, res.int8_tflite, [box],
+                       ("interval", "differential", "split"), time_limit=60)
+
+    if (SHARED / "ad01.h5").exists():
+        print("== MLPerf Tiny autoencoder, L-inf balls radius 0.01 ==")
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(0)
+            rep = rng.normal(0, 1, size=(200, 640)).astype(np.float32)
+            res = quantize(SHARED / "ad01.h5", rep, Path(d))
+            centres = rep[:2]
+            boxes = [Box(c - 0.01, c + 0.01) for c in centres]
+            bench_case("ad01 ball r=0.01", res.float_tflite, res.int8_tflite, boxes,
+                       ("interval", "differential"), time_limit=60)
+
+
+if __name__ == "__main__":
+    main()
