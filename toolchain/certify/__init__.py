@@ -133,7 +133,8 @@ def certify_region(
 
         if not done(upper):
             remaining = max(0.0, time_limit - (time.monotonic() - t0))
-            res = split.split_search(net, box, time_limit=remaining, target=done, workers=workers, progress=say)
+            res = split.split_search(net, box, time_limit=remaining, target=done, workers=workers, progress=say,
+                                     root=analysis)
             upper = np.minimum(upper, res.upper)
             leaves = res.leaves
     upper = upper * (1 + REL_MARGIN) + ABS_MARGIN

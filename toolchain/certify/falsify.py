@@ -80,7 +80,7 @@ def falsify(
 
 def _snap(net: MergedNet, pts: np.ndarray, box: Box) -> np.ndarray:
     """Round points to the int8 input grid, staying inside the box."""
-    s, zp = net.input_scale, net.input_zero_point
+    s = net.input_scale
     q = np.rint(pts / s)
     x = s * q
     lo = s * np.ceil(box.low / s - 1e-9)

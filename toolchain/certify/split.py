@@ -64,11 +64,13 @@ class SplitResult:
 def split_search(
     net: MergedNet, box: Box, *, time_limit: float, target: Callable[[np.ndarray], bool], workers: int = 1,
     executor: Executor | None = None, max_leaves: int = 200_000, progress: Callable[[str], None] | None = None,
+    root: Analysis | None = None,
 ) -> SplitResult:
     """Refine the worst leaf until `target(upper)` holds, the time runs out, or leaves run out."""
     t0 = time.monotonic()
     _init_worker(net)
-    root = differential_analysis(net, box)
+    if root is None:
+        root = differential_analysis(net, box)
     counter = itertools.count()
     heap: list = [(-float(root.upper.max()), next(counter), box, root)]
     own_pool = None

@@ -95,10 +95,7 @@ def interval_analysis(net: MergedNet, box: Box) -> Analysis:
     bounds: list[NodeBounds] = []
     for t in range(len(net.nodes)):
         bounds.append(interval_node(net, t, bounds, box))
-    node = net.nodes[net.output]
-    yl, yh = bounds[net.output].y(node)
-    ql, qh = bounds[net.output].yq(node)
-    lo, hi = yl - qh, yh - ql
+    lo, hi = output_range(net, bounds)
     return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
 
 
@@ -235,19 +232,16 @@ def differential_analysis(net: MergedNet, box: Box, parent: Analysis | None = No
     Pk, Uk, k0 = _relax_node(net.nodes[K], bounds[K], Lf, Lq)
     up = _back_substitute(net, K, Pk, Uk, k0, bounds, box)
     hi, lo = up[:n], -up[n:]
-    ref = interval_analysis_from(net, bounds)
-    hi, lo = np.minimum(hi, ref[1]), np.maximum(lo, ref[0])
+    ref_lo, ref_hi = output_range(net, bounds)
+    hi, lo = np.minimum(hi, ref_hi), np.maximum(lo, ref_lo)
     if parent is not None:
         hi, lo = np.minimum(hi, parent.err_high), np.maximum(lo, parent.err_low)
     return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
 
 
-def interval_analysis_from(net: MergedNet, bounds: list[NodeBounds]) -> tuple[np.ndarray, np.ndarray]:
-    """Output error range implied by the node ranges alone (a cheap second opinion)."""
-    K = net.output
-    node = net.nodes[K]
-    yl, yh = bounds[K].y(node)
-    ql, qh = bounds[K].yq(node)
-    lo, hi = yl - qh, yh - ql
-    # When f and g agree on u, d = f(p) - f(u) is within delta's range.
-    return lo, hi
+def output_range(net: MergedNet, bounds: list[NodeBounds]) -> tuple[np.ndarray, np.ndarray]:
+    """Output error range implied by the output node's ranges alone: [y_lo - ŷ_hi, y_hi - ŷ_lo]."""
+    node = net.nodes[net.output]
+    yl, yh = bounds[net.output].y(node)
+    ql, qh = bounds[net.output].yq(node)
+    return yl - qh, yh - ql
