@@ -125,10 +125,6 @@ class Payload:
         self.parts.append(struct.pack(f"<{len(values)}i", *(int(v) for v in values)))
         return self
 
-    def f32(self, value: float) -> Payload:
-        self.parts.append(struct.pack("<f", float(np.float32(value))))
-        return self
-
     def i32s(self, a) -> Payload:
         self.parts.append(np.asarray(a, dtype="<i4").tobytes())
         return self

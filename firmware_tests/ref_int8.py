@@ -1,5 +1,5 @@
-"""Hand-written numpy/Python references for the kernels `toolchain.execute` does not cover
-(or covers with another recipe): PAD, CONCATENATION, TFLM MEAN, lookup tables, SOFTMAX.
+"""Hand-written Python reference for what `toolchain.execute` does not model: SOFTMAX built with
+TFLITE_SINGLE_ROUNDING (the executor's softmax is the default double-rounding recipe).
 Everything else is checked against toolchain.execute directly."""
 
 from __future__ import annotations
@@ -9,25 +9,6 @@ import math
 import numpy as np
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
-
-def mean_hw_tflm(x: np.ndarray, zp_in: int, zp_out: int, s_in: float, s_out: float) -> np.ndarray:
-    """TFLM reduce_common.cc EvalIntegerMean<int8_t> for x (N, H, W, C) over axes 1, 2.
-
-    Equal quantization: int32 sum / n with C truncation. Otherwise reference_ops::
-    QuantizedMeanOrSum in float32: round_half_away(sum/n * (s_in/s_out) + (-zp_in * scale)) + zp_out.
-    """
-    n = x.shape[1] * x.shape[2]
-    s = x.astype(np.int64).sum(axis=(1, 2))
-    f32 = np.float32
-    if zp_in == zp_out and f32(s_in) == f32(s_out):
-        return (np.sign(s) * (np.abs(s) // n)).astype(np.int8)
-    scale = f32(s_in) / f32(s_out)
-    bias = f32(-zp_in) * scale
-    v = (s.astype(np.float32) / f32(n)) * scale + bias
-    t = np.trunc(v)
-    r = t + np.where(np.abs(v - t) >= f32(0.5), np.sign(v), f32(0))  # std::round, exact in float32
-    return np.clip(r + f32(zp_out), -128, 127).astype(np.int8)
 
 
 # ---- gemmlowp fixed point on Python ints (C semantics spelled out) -------------------------

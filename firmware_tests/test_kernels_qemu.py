@@ -4,7 +4,8 @@ Random vectors (fixed seed) plus rounding edge cases are generated here, batched
 record stream, and run through ONE image per rounding flavour (double rounding, and
 -DQA_SINGLE_ROUNDING=1). Expected outputs come from toolchain.execute (the numpy executor
 the certificate is computed against) where it implements the op with TFLM's recipe, and from
-firmware_tests/ref_int8.py otherwise (PAD, CONCATENATION, TFLM MEAN, tables, SOFTMAX).
+firmware_tests/ref_int8.py otherwise (single-rounding SOFTMAX); PAD, CONCATENATION and tables
+against numpy directly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from firmware_tests.harness import Payload
 from toolchain.execute import arith
 from toolchain.execute import fixedpoint as fp
 from toolchain.execute import kernels as K
+from toolchain.tflite import ir
 from toolchain.tflite import prepare as P
 
 pytestmark = pytest.mark.firmware
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.firmware
 ROUNDINGS = ("double", "single")
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 OP = {"srdhm": 1, "rdbpot": 2, "mbqm": 3, "fc": 10, "conv": 11, "dwconv": 12, "avgpool": 13, "maxpool": 14,
-      "add": 15, "mul": 16, "pad": 17, "concat": 18, "mean": 19, "lut": 20, "softmax": 21}
+      "add": 15, "mul": 16, "pad": 17, "concat": 18, "mean": 19, "lut": 20, "softmax": 21, "requantize": 22}
 KERNELS = tuple(OP)
 
 
@@ -169,10 +171,7 @@ def conv_cases(rng, depthwise: bool, n=30):
         p = P.Conv(depthwise, -zp_in, wt, bias, P.Requant(mult, shift, zp_out, lo, hi), (sh, sw), (dh, dw),
                    (ph, pw), (oh, ow), mult_d, True)
         pl = Payload(OP["dwconv" if depthwise else "conv"]).i32(-zp_in, zp_out, lo, hi, sh, sw, dh, dw, ph, pw)
-        if depthwise:
-            pl.i32(mult_d, nb, h, w, cin, kh, kw, oh, ow, cout)
-        else:
-            pl.i32(nb, h, w, cin, kh, kw, cin, oh, ow, cout)
+        pl.i32(mult_d if depthwise else cin, nb, h, w, cin, kh, kw, oh, ow, cout)  # depth multiplier | filter_c
         pl.i32s(mult).i32s(shift).i32(int(has_bias))
         if has_bias:
             pl.i32s(bias)
@@ -206,39 +205,43 @@ def pool_cases(rng, average: bool, n=30):
     return out
 
 
-def add_cases(rng, n=30):
+def _elementwise_cases(rng, n, make):
+    """ADD / MUL: random sizes, scales and zero points; `make` turns them into (record, Payload header)."""
     out = []
     for i in range(n):
         size = int(rng.integers(1, 200))
         s1, s2 = math.exp(rng.uniform(-6, 0)), math.exp(rng.uniform(-6, 0))
-        so = max(s1, s2) * math.exp(rng.uniform(-0.5, 2.0) if i % 4 else rng.uniform(-3.0, -1.5))  # some saturate
         z1, z2, zo = (int(v) for v in rng.integers(-128, 128, size=3))
+        p, pl, run = make(i, s1, s2, z1, z2, zo)
+        a, b = _i8(rng, size), _i8(rng, size)
+        pl.i32(size).i8s(a).i8s(b)
+        out.append((pl, _both(lambda r, p=p, a=a, b=b, run=run: run(a, b, p, r))))
+    return out
+
+
+def add_cases(rng, n=30):
+    def make(i, s1, s2, z1, z2, zo):
+        so = max(s1, s2) * math.exp(rng.uniform(-0.5, 2.0) if i % 4 else rng.uniform(-3.0, -1.5))  # some saturate
         twice = 2 * max(s1, s2)
         m1, e1 = arith.quantize_multiplier(s1 / twice)
         m2, e2 = arith.quantize_multiplier(s2 / twice)
         mo, eo = arith.quantize_multiplier(twice / ((1 << 20) * so))
         lo, hi = _act(rng, zo)
-        a, b = _i8(rng, size), _i8(rng, size)
-        p = P.Add(20, -z1, -z2, m1, e1, m2, e2, mo, eo, zo, lo, hi)
-        pl = Payload(OP["add"]).i32(-z1, -z2, zo, 20, m1, e1, m2, e2, mo, eo, lo, hi, size).i8s(a).i8s(b)
-        out.append((pl, _both(lambda r, p=p, a=a, b=b: K.add(a, b, p, r))))
-    return out
+        pl = Payload(OP["add"]).i32(-z1, -z2, zo, 20, m1, e1, m2, e2, mo, eo, lo, hi)
+        return P.Add(20, -z1, -z2, m1, e1, m2, e2, mo, eo, zo, lo, hi), pl, K.add
+
+    return _elementwise_cases(rng, n, make)
 
 
 def mul_cases(rng, n=30):
-    out = []
-    for i in range(n):
-        size = int(rng.integers(1, 200))
-        s1, s2 = math.exp(rng.uniform(-6, 0)), math.exp(rng.uniform(-6, 0))
+    def make(i, s1, s2, z1, z2, zo):
         so = s1 * s2 * math.exp(rng.uniform(2, 9) if i % 4 else rng.uniform(-2, 2))
-        z1, z2, zo = (int(v) for v in rng.integers(-128, 128, size=3))
         mo, eo = arith.quantize_multiplier(s1 * s2 / so)
         lo, hi = _act(rng, zo)
-        a, b = _i8(rng, size), _i8(rng, size)
-        p = P.Mul(-z1, -z2, mo, eo, zo, lo, hi)
-        pl = Payload(OP["mul"]).i32(-z1, -z2, zo, mo, eo, lo, hi, size).i8s(a).i8s(b)
-        out.append((pl, _both(lambda r, p=p, a=a, b=b: K.mul(a, b, p, r))))
-    return out
+        pl = Payload(OP["mul"]).i32(-z1, -z2, zo, mo, eo, lo, hi)
+        return P.Mul(-z1, -z2, mo, eo, zo, lo, hi), pl, K.mul
+
+    return _elementwise_cases(rng, n, make)
 
 
 def pad_cases(rng, n=15):
@@ -269,21 +272,57 @@ def concat_cases(rng, n=15):
     return out
 
 
+def _prepared(opcode, x_shape, out_shape, s_in, zp_in, s_out, zp_out, const=None, options=None):
+    """prepare.prepare_op on a one-op graph: the record the executor and emit-c would use."""
+    q = lambda s, z: ir.Quantization(np.array([s], np.float32), np.array([z], np.int64))  # noqa: E731
+    tensors = [ir.Tensor(0, "x", tuple(x_shape), "int8", q(s_in, zp_in), None),
+               ir.Tensor(1, "y", tuple(out_shape), "int8", q(s_out, zp_out), None)]
+    inputs = (0,)
+    if const is not None:
+        tensors.append(ir.Tensor(2, "c", const.shape, "int32", None, const))
+        inputs = (0, 2)
+    op = ir.Operator(0, opcode, inputs, (1,), options or ir.NoOptions())
+    graph = ir.Graph(None, tuple(tensors), (op,), (0,), (1,))
+    return P.prepare_op(graph, op, "double")
+
+
+def _scales(rng, i):
+    zi, zo = int(rng.integers(-128, 128)), int(rng.integers(-128, 128))
+    si = float(np.float32(math.exp(rng.uniform(-6, 0))))
+    so = float(np.float32(si * math.exp(rng.uniform(-1.5, 1.5) if i % 5 else rng.uniform(-6, -3))))
+    return si, zi, so, zo
+
+
 def mean_cases(rng, n=40):
+    """MEAN over random axes of rank-4 tensors, against toolchain.execute.kernels.mean with the
+    prepared record (reduce.h QuantizedMeanOrSum: one MBQM with 1/count folded in)."""
     out = []
     for i in range(n):
-        nb, h, w, c = int(rng.integers(1, 3)), int(rng.integers(1, 8)), int(rng.integers(1, 8)), int(rng.integers(1, 6))
-        x = _i8(rng, (nb, h, w, c))
-        if i % 4 == 0:  # equal quantization: integer path of TFLM
-            zi = zo = int(rng.integers(-128, 128))
-            si = so = float(np.float32(math.exp(rng.uniform(-6, 0))))
-        else:
-            zi, zo = int(rng.integers(-128, 128)), int(rng.integers(-128, 128))
-            si = float(np.float32(math.exp(rng.uniform(-6, 0))))
-            so = float(np.float32(si * math.exp(rng.uniform(-1.5, 1.5))))
-        pl = Payload(OP["mean"]).i32(nb, h, w, c, zi, zo).f32(si).f32(so).i8s(x)
-        exp = ref_int8.mean_hw_tflm(x, zi, zo, si, so)
-        out.append((pl, _both(lambda r, e=exp: e)))
+        dims = [int(rng.integers(1, 3))] + [int(v) for v in rng.integers(1, 8, size=3)]
+        axes = (1, 2) if i % 3 == 0 else tuple(sorted({int(a) for a in rng.choice(4, size=int(rng.integers(1, 4)))}))
+        si, zi, so, zo = _scales(rng, i)
+        out_shape = tuple(1 if a in axes else d for a, d in enumerate(dims))
+        p = _prepared("MEAN", dims, out_shape, si, zi, so, zo, np.array(axes, np.int32), ir.ReducerOptions(True))
+        x = _i8(rng, dims)
+        if i % 7 == 0:
+            x[:] = rng.choice([-128, 127])  # saturating sums
+        reduced = [int(a in p.axes) for a in range(4)]
+        pl = Payload(OP["mean"]).i32(*dims).i32(*reduced).i32(p.input_zero_point, p.count, p.multiplier, p.shift,
+                                                                p.output_offset).i8s(x)
+        out.append((pl, _both(lambda r, p=p, x=x, o=out_shape: K.mean(x[None], p, o, r))))
+    return out
+
+
+def requantize_cases(rng, n=20):
+    """QUANTIZE int8 -> int8 (reference_ops::Requantize) against toolchain.execute.kernels.requantize."""
+    out = []
+    for i in range(n):
+        size = int(rng.integers(1, 300))
+        si, zi, so, zo = _scales(rng, i)
+        p = _prepared("QUANTIZE", (size,), (size,), si, zi, so, zo)
+        x = _i8(rng, size)
+        pl = Payload(OP["requantize"]).i32(p.input_zero_point, p.zero_point, p.multiplier, p.shift, size).i8s(x)
+        out.append((pl, _both(lambda r, p=p, x=x: K.requantize(x, p, r))))
     return out
 
 
@@ -335,6 +374,7 @@ def all_cases():
     cases["pad"] = pad_cases(rng)
     cases["concat"] = concat_cases(rng)
     cases["mean"] = mean_cases(rng)
+    cases["requantize"] = requantize_cases(rng)
     cases["lut"] = lut_cases(rng)
     cases["softmax"] = softmax_cases(rng)
     return cases

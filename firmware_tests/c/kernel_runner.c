@@ -3,7 +3,7 @@
  * outputs to "out.bin".  One boot runs any number of records (boots are the slow part).
  *
  * Record (little endian): u32 op, u32 payload_bytes, payload.  The payload is a list of
- * 4-byte aligned fields read in order (int32 / float32 scalars, int8 / int32 arrays padded
+ * 4-byte aligned fields read in order (int32 scalars, int8 / int32 arrays padded
  * to 4 bytes), matching firmware_tests/harness.py:Payload.  Output record: u32 op,
  * u32 bytes, bytes (padded to 4).  op 0 ends the run.  Exit status 0 = all records run. */
 #include <stdint.h>
@@ -29,6 +29,7 @@ enum {
     OP_MEAN = 19,
     OP_LUT = 20,
     OP_SOFTMAX = 21,
+    OP_REQUANTIZE = 22,
 };
 
 #define IN_CAP (512u * 1024u)
@@ -60,13 +61,6 @@ static int32_t rd_i32(reader *r)
     if (q) memcpy(&v, q, 4);
     return v;
 }
-static float rd_f32(reader *r)
-{
-    const uint8_t *q = take(r, 4);
-    float v = 0.0f;
-    if (q) memcpy(&v, q, 4);
-    return v;
-}
 static const int8_t *rd_i8s(reader *r, int32_t n) { return (const int8_t *)take(r, (uint32_t)n); }
 static const int32_t *rd_i32s(reader *r, int32_t n) { return (const int32_t *)take(r, (uint32_t)n * 4u); }
 
@@ -76,6 +70,23 @@ static void fail(const char *msg)
     qa_sh_write0(msg);
     qa_sh_write0("\n");
     qa_sh_exit(2);
+}
+
+/* CONV_2D and DEPTHWISE_CONV_2D share one record layout; the one field that differs
+ * (filter_c for CONV_2D, depth_multiplier for DEPTHWISE_CONV_2D) comes after the padding. */
+static void read_conv_params(reader *r, qa_conv_params *p, int depthwise)
+{
+    p->input_offset = rd_i32(r); p->output_offset = rd_i32(r); p->act_min = rd_i32(r); p->act_max = rd_i32(r);
+    p->stride_h = rd_i32(r); p->stride_w = rd_i32(r); p->dilation_h = rd_i32(r); p->dilation_w = rd_i32(r);
+    p->pad_h = rd_i32(r); p->pad_w = rd_i32(r);
+    const int32_t extra = rd_i32(r);
+    p->filter_c = depthwise ? 0 : extra;
+    p->depth_multiplier = depthwise ? extra : 1;
+    p->batches = rd_i32(r); p->input_h = rd_i32(r); p->input_w = rd_i32(r); p->input_c = rd_i32(r);
+    p->filter_h = rd_i32(r); p->filter_w = rd_i32(r);
+    p->output_h = rd_i32(r); p->output_w = rd_i32(r); p->output_c = rd_i32(r);
+    p->output_multiplier = rd_i32s(r, p->output_c);
+    p->output_shift = rd_i32s(r, p->output_c);
 }
 
 /* Runs one record; returns the number of output bytes written to out_buf. */
@@ -114,40 +125,21 @@ static uint32_t run_record(uint32_t op, reader *r)
         qa_fully_connected(&p, x, w, bias, o8);
         return (uint32_t)(p.batches * p.output_depth);
     }
-    case OP_CONV: {
+    case OP_CONV: case OP_DWCONV: {
         qa_conv_params p;
-        p.input_offset = rd_i32(r); p.output_offset = rd_i32(r); p.act_min = rd_i32(r); p.act_max = rd_i32(r);
-        p.stride_h = rd_i32(r); p.stride_w = rd_i32(r); p.dilation_h = rd_i32(r); p.dilation_w = rd_i32(r);
-        p.pad_h = rd_i32(r); p.pad_w = rd_i32(r);
-        p.batches = rd_i32(r); p.input_h = rd_i32(r); p.input_w = rd_i32(r); p.input_c = rd_i32(r);
-        p.filter_h = rd_i32(r); p.filter_w = rd_i32(r); p.filter_c = rd_i32(r);
-        p.output_h = rd_i32(r); p.output_w = rd_i32(r); p.output_c = rd_i32(r);
-        p.output_multiplier = rd_i32s(r, p.output_c);
-        p.output_shift = rd_i32s(r, p.output_c);
+        read_conv_params(r, &p, op == OP_DWCONV);
         const int32_t has_bias = rd_i32(r);
         const int32_t *bias = has_bias ? rd_i32s(r, p.output_c) : 0;
-        const int8_t *w = rd_i8s(r, p.output_c * p.filter_h * p.filter_w * p.filter_c);
+        const int32_t filter_size = (op == OP_DWCONV) ? p.filter_h * p.filter_w * p.output_c
+                                                      : p.output_c * p.filter_h * p.filter_w * p.filter_c;
+        const int8_t *w = rd_i8s(r, filter_size);
         const int8_t *x = rd_i8s(r, p.batches * p.input_h * p.input_w * p.input_c);
         if (r->bad) return 0;
-        qa_conv2d(&p, x, w, bias, o8);
-        return (uint32_t)(p.batches * p.output_h * p.output_w * p.output_c);
-    }
-    case OP_DWCONV: {
-        qa_dwconv_params p;
-        p.input_offset = rd_i32(r); p.output_offset = rd_i32(r); p.act_min = rd_i32(r); p.act_max = rd_i32(r);
-        p.stride_h = rd_i32(r); p.stride_w = rd_i32(r); p.dilation_h = rd_i32(r); p.dilation_w = rd_i32(r);
-        p.pad_h = rd_i32(r); p.pad_w = rd_i32(r); p.depth_multiplier = rd_i32(r);
-        p.batches = rd_i32(r); p.input_h = rd_i32(r); p.input_w = rd_i32(r); p.input_c = rd_i32(r);
-        p.filter_h = rd_i32(r); p.filter_w = rd_i32(r);
-        p.output_h = rd_i32(r); p.output_w = rd_i32(r); p.output_c = rd_i32(r);
-        p.output_multiplier = rd_i32s(r, p.output_c);
-        p.output_shift = rd_i32s(r, p.output_c);
-        const int32_t has_bias = rd_i32(r);
-        const int32_t *bias = has_bias ? rd_i32s(r, p.output_c) : 0;
-        const int8_t *w = rd_i8s(r, p.filter_h * p.filter_w * p.output_c);
-        const int8_t *x = rd_i8s(r, p.batches * p.input_h * p.input_w * p.input_c);
-        if (r->bad) return 0;
-        qa_depthwise_conv2d(&p, x, w, bias, o8);
+        if (op == OP_DWCONV) {
+            qa_depthwise_conv2d(&p, x, w, bias, o8);
+        } else {
+            qa_conv2d(&p, x, w, bias, o8);
+        }
         return (uint32_t)(p.batches * p.output_h * p.output_w * p.output_c);
     }
     case OP_AVGPOOL: case OP_MAXPOOL: {
@@ -165,30 +157,31 @@ static uint32_t run_record(uint32_t op, reader *r)
         }
         return (uint32_t)(p.batches * p.output_h * p.output_w * p.channels);
     }
-    case OP_ADD: {
-        qa_add_params p;
-        p.input1_offset = rd_i32(r); p.input2_offset = rd_i32(r); p.output_offset = rd_i32(r);
-        p.left_shift = rd_i32(r);
-        p.input1_multiplier = rd_i32(r); p.input1_shift = rd_i32(r);
-        p.input2_multiplier = rd_i32(r); p.input2_shift = rd_i32(r);
-        p.output_multiplier = rd_i32(r); p.output_shift = rd_i32(r);
-        p.act_min = rd_i32(r); p.act_max = rd_i32(r); p.size = rd_i32(r);
-        const int8_t *a = rd_i8s(r, p.size);
-        const int8_t *b = rd_i8s(r, p.size);
+    case OP_ADD: case OP_MUL: {
+        qa_add_params pa;
+        qa_mul_params pm;
+        int32_t size;
+        if (op == OP_ADD) {
+            pa.input1_offset = rd_i32(r); pa.input2_offset = rd_i32(r); pa.output_offset = rd_i32(r);
+            pa.left_shift = rd_i32(r);
+            pa.input1_multiplier = rd_i32(r); pa.input1_shift = rd_i32(r);
+            pa.input2_multiplier = rd_i32(r); pa.input2_shift = rd_i32(r);
+            pa.output_multiplier = rd_i32(r); pa.output_shift = rd_i32(r);
+            pa.act_min = rd_i32(r); pa.act_max = rd_i32(r); size = pa.size = rd_i32(r);
+        } else {
+            pm.input1_offset = rd_i32(r); pm.input2_offset = rd_i32(r); pm.output_offset = rd_i32(r);
+            pm.output_multiplier = rd_i32(r); pm.output_shift = rd_i32(r);
+            pm.act_min = rd_i32(r); pm.act_max = rd_i32(r); size = pm.size = rd_i32(r);
+        }
+        const int8_t *a = rd_i8s(r, size);
+        const int8_t *b = rd_i8s(r, size);
         if (r->bad) return 0;
-        qa_add(&p, a, b, o8);
-        return (uint32_t)p.size;
-    }
-    case OP_MUL: {
-        qa_mul_params p;
-        p.input1_offset = rd_i32(r); p.input2_offset = rd_i32(r); p.output_offset = rd_i32(r);
-        p.output_multiplier = rd_i32(r); p.output_shift = rd_i32(r);
-        p.act_min = rd_i32(r); p.act_max = rd_i32(r); p.size = rd_i32(r);
-        const int8_t *a = rd_i8s(r, p.size);
-        const int8_t *b = rd_i8s(r, p.size);
-        if (r->bad) return 0;
-        qa_mul(&p, a, b, o8);
-        return (uint32_t)p.size;
+        if (op == OP_ADD) {
+            qa_add(&pa, a, b, o8);
+        } else {
+            qa_mul(&pm, a, b, o8);
+        }
+        return (uint32_t)size;
     }
     case OP_PAD: {
         qa_pad_params p;
@@ -226,13 +219,28 @@ static uint32_t run_record(uint32_t op, reader *r)
     }
     case OP_MEAN: {
         qa_mean_params p;
-        p.batches = rd_i32(r); p.input_h = rd_i32(r); p.input_w = rd_i32(r); p.channels = rd_i32(r);
-        p.input_zero_point = rd_i32(r); p.output_zero_point = rd_i32(r);
-        p.input_scale = rd_f32(r); p.output_scale = rd_f32(r);
-        const int8_t *x = rd_i8s(r, p.batches * p.input_h * p.input_w * p.channels);
+        int32_t n_in = 1, n_out = 1;
+        for (int k = 0; k < 4; ++k) p.dims[k] = rd_i32(r);
+        for (int k = 0; k < 4; ++k) p.reduced[k] = rd_i32(r);
+        p.input_zero_point = rd_i32(r); p.count = rd_i32(r);
+        p.multiplier = rd_i32(r); p.shift = rd_i32(r); p.output_offset = rd_i32(r);
+        for (int k = 0; k < 4; ++k) {
+            n_in *= p.dims[k];
+            n_out *= p.reduced[k] ? 1 : p.dims[k];
+        }
+        const int8_t *x = rd_i8s(r, n_in);
         if (r->bad) return 0;
-        qa_mean_hw(&p, x, o8);
-        return (uint32_t)(p.batches * p.channels);
+        qa_mean(&p, x, o8);
+        return (uint32_t)n_out;
+    }
+    case OP_REQUANTIZE: {
+        qa_requantize_params p;
+        p.input_zero_point = rd_i32(r); p.output_zero_point = rd_i32(r);
+        p.multiplier = rd_i32(r); p.shift = rd_i32(r); p.size = rd_i32(r);
+        const int8_t *x = rd_i8s(r, p.size);
+        if (r->bad) return 0;
+        qa_requantize(&p, x, o8);
+        return (uint32_t)p.size;
     }
     case OP_LUT: {
         const int32_t n = rd_i32(r);

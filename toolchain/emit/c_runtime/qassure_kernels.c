@@ -4,8 +4,9 @@
  * fixedpoint.h; each function names the behaviour it reproduces. */
 #include "qassure_kernels.h"
 
-#include <math.h>
 #include <string.h>
+
+const int32_t QA_KERNELS_ROUNDING_GUARD = 1;
 
 static inline int32_t qa_min32(int32_t a, int32_t b) { return a < b ? a : b; }
 static inline int32_t qa_max32(int32_t a, int32_t b) { return a > b ? a : b; }
@@ -168,7 +169,7 @@ void qa_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filte
  * DEPTHWISE_CONV_2D: reference_integer_ops::DepthwiseConvPerChannel.  Output channel
  * oc = ic * depth_multiplier + m reads input channel ic and filter column oc.
  * =================================================================================== */
-void qa_depthwise_conv2d(const qa_dwconv_params *p, const int8_t *input, const int8_t *filter,
+void qa_depthwise_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter,
                          const int32_t *bias, int8_t *output)
 {
     for (int32_t b = 0; b < p->batches; ++b) {
@@ -206,8 +207,12 @@ void qa_depthwise_conv2d(const qa_dwconv_params *p, const int8_t *input, const i
 /* ===================================================================================
  * Pooling: reference_integer_ops::AveragePool / MaxPool (int8).  The window is cut to
  * the valid part of the input; no zero point handling (input and output share it).
+ * AveragePool: sum of the valid elements divided by their count, rounded half away
+ * from zero as (acc +- count/2) / count with C truncation; MaxPool: their maximum,
+ * starting from std::numeric_limits<int8_t>::lowest().  Both then clamp.
+ * Returns -1 when an average window has no valid element (TFLM returns false).
  * =================================================================================== */
-int qa_average_pool(const qa_pool_params *p, const int8_t *input, int8_t *output)
+static int qa_pool(const qa_pool_params *p, const int8_t *input, int8_t *output, int average)
 {
     for (int32_t b = 0; b < p->batches; ++b) {
         for (int32_t oy = 0; oy < p->output_h; ++oy) {
@@ -219,19 +224,23 @@ int qa_average_pool(const qa_pool_params *p, const int8_t *input, int8_t *output
                 const int32_t fx0 = qa_max32(0, -in_x0);
                 const int32_t fx1 = qa_min32(p->filter_w, p->input_w - in_x0);
                 for (int32_t c = 0; c < p->channels; ++c) {
-                    int32_t acc = 0;
-                    int32_t count = 0;
+                    int32_t acc = 0, count = 0, mx = INT8_MIN;
                     for (int32_t fy = fy0; fy < fy1; ++fy) {
                         for (int32_t fx = fx0; fx < fx1; ++fx) {
-                            acc += input[((b * p->input_h + in_y0 + fy) * p->input_w + in_x0 + fx) * p->channels + c];
+                            const int32_t v =
+                                input[((b * p->input_h + in_y0 + fy) * p->input_w + in_x0 + fx) * p->channels + c];
+                            acc += v;
+                            mx = qa_max32(mx, v);
                             ++count;
                         }
                     }
-                    if (count == 0) return -1;
-                    /* Round half away from zero: (acc +- count/2) / count, C truncation. */
-                    acc = (acc > 0) ? (acc + count / 2) / count : (acc - count / 2) / count;
+                    int32_t out = mx;
+                    if (average) {
+                        if (count == 0) return -1;
+                        out = (acc > 0) ? (acc + count / 2) / count : (acc - count / 2) / count;
+                    }
                     output[((b * p->output_h + oy) * p->output_w + ox) * p->channels + c] =
-                        (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
+                        (int8_t)qa_clamp32(out, p->act_min, p->act_max);
                 }
             }
         }
@@ -239,30 +248,14 @@ int qa_average_pool(const qa_pool_params *p, const int8_t *input, int8_t *output
     return 0;
 }
 
+int qa_average_pool(const qa_pool_params *p, const int8_t *input, int8_t *output)
+{
+    return qa_pool(p, input, output, 1);
+}
+
 void qa_max_pool(const qa_pool_params *p, const int8_t *input, int8_t *output)
 {
-    for (int32_t b = 0; b < p->batches; ++b) {
-        for (int32_t oy = 0; oy < p->output_h; ++oy) {
-            const int32_t in_y0 = oy * p->stride_h - p->pad_h;
-            const int32_t fy0 = qa_max32(0, -in_y0);
-            const int32_t fy1 = qa_min32(p->filter_h, p->input_h - in_y0);
-            for (int32_t ox = 0; ox < p->output_w; ++ox) {
-                const int32_t in_x0 = ox * p->stride_w - p->pad_w;
-                const int32_t fx0 = qa_max32(0, -in_x0);
-                const int32_t fx1 = qa_min32(p->filter_w, p->input_w - in_x0);
-                for (int32_t c = 0; c < p->channels; ++c) {
-                    int32_t mx = INT8_MIN; /* std::numeric_limits<int8_t>::lowest() */
-                    for (int32_t fy = fy0; fy < fy1; ++fy) {
-                        for (int32_t fx = fx0; fx < fx1; ++fx) {
-                            mx = qa_max32(mx, input[((b * p->input_h + in_y0 + fy) * p->input_w + in_x0 + fx) * p->channels + c]);
-                        }
-                    }
-                    output[((b * p->output_h + oy) * p->output_w + ox) * p->channels + c] =
-                        (int8_t)qa_clamp32(mx, p->act_min, p->act_max);
-                }
-            }
-        }
-    }
+    (void)qa_pool(p, input, output, 0);
 }
 
 /* ===================================================================================
@@ -340,37 +333,48 @@ void qa_concatenation(const qa_concat_params *p, const int8_t *const *inputs, in
 }
 
 /* ===================================================================================
- * MEAN over axes {1, 2}: TFLM reduce_common.cc EvalIntegerMean<int8_t>.
- * - Input and output quantization equal: reference_ops::Mean<int8_t, int32_t>, an int32
- *   sum of the raw int8 values divided by the element count with C truncation.
- * - Otherwise reference_ops::QuantizedMeanOrSum in float32: scale = s_in / s_out,
- *   bias = -zp_in * scale, out = clamp(round(sum / n * scale + bias) + zp_out) with
- *   round = std::round (half away from zero).  Compile with -ffp-contract=off (or
- *   -std=c99) so the multiply-add is not fused: TFLM is built the same way.
+ * MEAN: reference_ops::QuantizedMeanOrSum (TFLM reduce_common.cc for int8 MEAN): int32
+ * sum over the reduced axes, minus input_zero_point * count, ONE MultiplyByQuantizedMultiplier
+ * with the multiplier that already holds 1/count (prepare folds it in as reduce.h does),
+ * + output zero point, clamp to int8.
  * =================================================================================== */
-void qa_mean_hw(const qa_mean_params *p, const int8_t *input, int8_t *output)
+void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output)
 {
-    const int32_t n = p->input_h * p->input_w;
-    const int same = (p->input_zero_point == p->output_zero_point) && (p->input_scale == p->output_scale);
-    const float scale = p->input_scale / p->output_scale;
-    const float bias = (float)(-p->input_zero_point) * scale;
-    for (int32_t b = 0; b < p->batches; ++b) {
-        for (int32_t c = 0; c < p->channels; ++c) {
-            int32_t sum = 0;
-            for (int32_t i = 0; i < n; ++i) sum += input[(b * n + i) * p->channels + c];
-            int8_t out;
-            if (same) {
-                out = (int8_t)(sum / n);
-            } else {
-                const float mean = (float)sum / (float)n;
-                const float prod = mean * scale;
-                float r = roundf(prod + bias) + (float)p->output_zero_point;
-                r = r < 127.0f ? r : 127.0f;
-                r = r > -128.0f ? r : -128.0f;
-                out = (int8_t)r;
-            }
-            output[b * p->channels + c] = out;
-        }
+    int32_t stride[4], outer[4], inner[4];
+    stride[3] = 1;
+    for (int k = 2; k >= 0; --k) stride[k] = stride[k + 1] * p->dims[k + 1];
+    for (int k = 0; k < 4; ++k) {
+        outer[k] = p->reduced[k] ? 1 : p->dims[k];
+        inner[k] = p->reduced[k] ? p->dims[k] : 1;
+    }
+    int32_t o = 0;
+    for (int32_t a0 = 0; a0 < outer[0]; ++a0)
+        for (int32_t a1 = 0; a1 < outer[1]; ++a1)
+            for (int32_t a2 = 0; a2 < outer[2]; ++a2)
+                for (int32_t a3 = 0; a3 < outer[3]; ++a3, ++o) {
+                    const int8_t *base = input + a0 * stride[0] + a1 * stride[1] + a2 * stride[2] + a3;
+                    int32_t sum = 0;
+                    for (int32_t b0 = 0; b0 < inner[0]; ++b0)
+                        for (int32_t b1 = 0; b1 < inner[1]; ++b1)
+                            for (int32_t b2 = 0; b2 < inner[2]; ++b2)
+                                for (int32_t b3 = 0; b3 < inner[3]; ++b3)
+                                    sum += base[b0 * stride[0] + b1 * stride[1] + b2 * stride[2] + b3];
+                    sum -= p->input_zero_point * p->count;
+                    const int32_t raw = qa_multiply_by_quantized_multiplier(sum, p->multiplier, p->shift) + p->output_offset;
+                    output[o] = (int8_t)qa_clamp32(raw, INT8_MIN, INT8_MAX);
+                }
+}
+
+/* ===================================================================================
+ * QUANTIZE int8 -> int8: reference_ops::Requantize:
+ * MultiplyByQuantizedMultiplier(q - input_zero_point, M, shift) + output_zero_point, clamp.
+ * =================================================================================== */
+void qa_requantize(const qa_requantize_params *p, const int8_t *input, int8_t *output)
+{
+    for (int32_t i = 0; i < p->size; ++i) {
+        const int32_t raw = qa_multiply_by_quantized_multiplier((int32_t)input[i] - p->input_zero_point, p->multiplier,
+                                                                p->shift) + p->output_zero_point;
+        output[i] = (int8_t)qa_clamp32(raw, INT8_MIN, INT8_MAX);
     }
 }
 

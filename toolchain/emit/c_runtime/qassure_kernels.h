@@ -27,6 +27,16 @@
 extern "C" {
 #endif
 
+/* Link-time rounding guard: the library defines exactly one of these, so code built for
+ * the other flavour (e.g. an emitted model.c) fails to link instead of running wrong. */
+#if QA_SINGLE_ROUNDING
+extern const int32_t qa_kernels_single_rounding;
+#define QA_KERNELS_ROUNDING_GUARD qa_kernels_single_rounding
+#else
+extern const int32_t qa_kernels_double_rounding;
+#define QA_KERNELS_ROUNDING_GUARD qa_kernels_double_rounding
+#endif
+
 /* ---- rounding primitives (TFLM common.h / gemmlowp fixedpoint.h) ---------------- */
 int32_t qa_saturating_rounding_doubling_high_mul(int32_t a, int32_t b);
 int32_t qa_rounding_divide_by_pot(int32_t x, int exponent);
@@ -52,7 +62,7 @@ typedef struct {
 void qa_fully_connected(const qa_fc_params *p, const int8_t *input, const int8_t *filter,
                         const int32_t *bias /* nullable, [output_depth] */, int8_t *output);
 
-/* ---- CONV_2D (per-channel) --------------------------------------------------------- */
+/* ---- CONV_2D / DEPTHWISE_CONV_2D (per-channel): one geometry record ------------------ */
 typedef struct {
     int32_t input_offset;  /* -input zero point */
     int32_t output_offset; /* +output zero point */
@@ -61,31 +71,20 @@ typedef struct {
     int32_t dilation_h, dilation_w;
     int32_t pad_h, pad_w; /* top / left padding (TFLM padding_values.height/width) */
     int32_t batches, input_h, input_w, input_c;
-    int32_t filter_h, filter_w, filter_c; /* filter_c < input_c: grouped convolution */
+    int32_t filter_h, filter_w;
+    int32_t filter_c;         /* CONV_2D only: filter_c < input_c is a grouped convolution */
+    int32_t depth_multiplier; /* DEPTHWISE_CONV_2D only: output_c = input_c * depth_multiplier */
     int32_t output_h, output_w, output_c;
     const int32_t *output_multiplier; /* [output_c] */
     const int32_t *output_shift;      /* [output_c] */
 } qa_conv_params;
 
+/* CONV_2D: filter OHWI [output_c][filter_h][filter_w][filter_c]. */
 void qa_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter,
                const int32_t *bias /* nullable */, int8_t *output);
 
-/* ---- DEPTHWISE_CONV_2D (per-channel) ------------------------------------------------ */
-typedef struct {
-    int32_t input_offset, output_offset;
-    int32_t act_min, act_max;
-    int32_t stride_h, stride_w;
-    int32_t dilation_h, dilation_w;
-    int32_t pad_h, pad_w;
-    int32_t depth_multiplier;
-    int32_t batches, input_h, input_w, input_c;
-    int32_t filter_h, filter_w; /* filter is 1 x filter_h x filter_w x output_c */
-    int32_t output_h, output_w, output_c; /* output_c = input_c * depth_multiplier */
-    const int32_t *output_multiplier;
-    const int32_t *output_shift;
-} qa_dwconv_params;
-
-void qa_depthwise_conv2d(const qa_dwconv_params *p, const int8_t *input, const int8_t *filter,
+/* DEPTHWISE_CONV_2D: filter 1 x filter_h x filter_w x output_c (filter_c unused). */
+void qa_depthwise_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter,
                          const int32_t *bias /* nullable */, int8_t *output);
 
 /* ---- AVERAGE_POOL_2D / MAX_POOL_2D --------------------------------------------------- */
@@ -145,14 +144,29 @@ typedef struct {
 
 void qa_concatenation(const qa_concat_params *p, const int8_t *const *inputs, int8_t *output);
 
-/* ---- MEAN over H and W of an NHWC tensor --------------------------------------------- */
+/* ---- MEAN over any axes of a rank <= 4 tensor (dims right-aligned, leading 1s) ----- */
 typedef struct {
-    int32_t batches, input_h, input_w, channels;
-    int32_t input_zero_point, output_zero_point;
-    float input_scale, output_scale; /* float32 tensor scales, as TFLM's op data holds them */
+    int32_t dims[4];          /* input shape */
+    int32_t reduced[4];       /* 1 for every axis the mean runs over */
+    int32_t input_zero_point; /* subtracted count times from the int32 sum */
+    int32_t count;            /* elements per output: product of the reduced dims */
+    int32_t multiplier;       /* s_in / s_out with 1/count folded in (prepare.Mean) */
+    int32_t shift;
+    int32_t output_offset;    /* +output zero point */
 } qa_mean_params;
 
-void qa_mean_hw(const qa_mean_params *p, const int8_t *input, int8_t *output);
+/* Output: the kept axes in row-major order (keep_dims only changes the shape). */
+void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output);
+
+/* ---- QUANTIZE int8 -> int8 (requantize) ------------------------------------------------ */
+typedef struct {
+    int32_t input_zero_point;
+    int32_t output_zero_point;
+    int32_t multiplier, shift; /* s_in / s_out */
+    int32_t size;
+} qa_requantize_params;
+
+void qa_requantize(const qa_requantize_params *p, const int8_t *input, int8_t *output);
 
 /* ---- LOGISTIC / TANH / any elementwise int8 map: 256-entry table ---------------------- */
 /* output[i] = table[input[i] + 128]; the Python side computes the table with the
