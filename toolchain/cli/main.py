@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from toolchain.cli import _common, check_bitexact, inspect, quantize, targets
+from toolchain.cli import _common, check_bitexact, emit_c, inspect, quantize, targets
 from toolchain.cli import certify as certify_cmd
 from toolchain.cli import run as run_cmd
 from toolchain.cli import verify as verify_cmd
@@ -28,6 +28,7 @@ COMMANDS: dict[str, Any] = {
     "certify": certify_cmd.command,
     "run": run_cmd.command,
     "verify-certificate": verify_cmd.command,
+    "emit-c": emit_c.command,
 }
 
 

@@ -183,7 +183,8 @@ class _Writer:
 
     def call(self, op: ir.Operator, text: str) -> None:
         out = self.graph.tensor(op.outputs[0])
-        self.body.append(f"    /* {op.describe()} -> tensor {out.index} '{_comment(out.name)}' {list(out.shape)} */")
+        label = _comment(out.name.split(";")[0])  # converters join fused names with ';'
+        self.body.append(f"    /* {op.describe()} -> tensor {out.index} '{label}' {list(out.shape)} */")
         self.body.append(f"    {text}")
 
 
@@ -602,6 +603,11 @@ class QemuOracle:
             outs.append(flat[:, pos:pos + k].reshape((n, *s)).copy())
             pos += k
         return tuple(outs)
+
+    def describe(self) -> str:
+        """One line: which core and board ran how many vectors in how long, and the image size."""
+        return (f"emitted C on QEMU {self.machine} ({self.target.cpu_core}, {self.rounding} rounding): last boot "
+                f"{self.last_seconds:.2f} s; image {self.size.line()}")
 
     def run_one(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """One inference (one boot); prefer run() for batches."""
