@@ -47,7 +47,8 @@ def test_certificate_json_is_sealed_and_complete(art):
     assert doc["schema"] == "qassure.certificate/1" and doc["verdict"] == "pass"
     assert doc["seconds"] is None and all(r["seconds"] is None for r in doc["regions"])
     hashed = set(doc["hashes"])
-    on_disk = {p.name for p in art.iterdir()} - {"certificate.json", "timings.json"}
+    on_disk = {p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file()} - {"certificate.json",
+                                                                                       "timings.json"}
     assert hashed == on_disk
     assert doc["config"]["name"] == "pump" and doc["config"]["contents"]["budget"]["max_abs_error"] == 50.0
     assert doc["target_profile"]["rounding"] == "double" and "path" not in doc["target_profile"]

@@ -38,6 +38,7 @@ from toolchain.tflite import ir, prepare, reader
 Progress = Callable[[str], None]
 
 BITEXACT_SAMPLES = 256  # inputs of the region run through executor and tflite-micro
+FIRMWARE_VECTORS = 64  # of those, run through the emitted C on the target's emulated core
 HISTOGRAM_SAMPLES = 1000  # sampled errors shown in the report (and checked against the bound)
 FLOAT_TFLITE_NAME = "model_float.tflite"
 INT8_TFLITE_NAME = "model_int8.tflite"
@@ -370,6 +371,30 @@ def memory_checks(int8_tflite: Path, target: Target) -> list[Check]:
     return [flash, ram]
 
 
+def firmware_check(models: Models, target: Target, inputs: np.ndarray, pair: PairEvaluator) -> Check:
+    """The emitted C on the target's emulated core vs the executor: {core, machine, vectors, matched, image}."""
+    name = "firmware-qemu"
+    if not target.emit_c or target.qemu_machine is None:
+        why = "the target does not emit C" if not target.emit_c else f"no emulated board for {target.cpu_core}"
+        return Check(name, None, f"skipped: {why}")
+    from toolchain.emit import c_model
+
+    missing = c_model.missing_tools()
+    if missing:
+        return Check(name, None, f"skipped: {', '.join(missing)} not installed (make setup-firmware)")
+    try:
+        rec = c_model.verify_on_qemu(models.int8_tflite, target, pair.quantize_input(inputs))
+    except ModelError as exc:  # e.g. a float-input graph: no C is emitted for it
+        return Check(name, None, f"skipped: {exc}")
+    except QassureError as exc:
+        return Check(name, False, f"the emitted C did not run on QEMU {target.qemu_machine}: {exc}")
+    image = rec["image"]
+    ok = rec["matched"] == rec["vectors"] and image["fits"]
+    return Check(name, ok, f"emitted C on QEMU {rec['machine']} ({rec['core']}): {rec['matched']}/{rec['vectors']} "
+                 f"in-region inputs bit-exact with the executor; image flash {image['flash']:,} of "
+                 f"{image['flash_budget']:,} B, RAM {image['ram']:,} of {image['ram_budget']:,} B", rec)
+
+
 def certificate_checks(cert: Certificate, config: Config) -> list[Check]:
     upper = max((o.upper for o in cert.outputs), default=0.0)
     lower = max((o.lower for o in cert.outputs), default=0.0)
@@ -477,6 +502,11 @@ def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str 
         step("memory")
         checks += memory_checks(models.int8_tflite, target)
         done("memory")
+
+        step("firmware")
+        progress(f"emitted C on the emulated {target.cpu_core}: {FIRMWARE_VECTORS} in-region inputs")
+        checks.append(firmware_check(models, target, bx_inputs[:FIRMWARE_VECTORS], pair0))
+        done("firmware")
 
         if exit_code == EXIT_PASS and any(c.passed is False for c in checks):
             exit_code = EXIT_FAIL

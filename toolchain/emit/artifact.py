@@ -33,6 +33,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from toolchain.certificate import Certificate
+from toolchain.errors import ModelError
 
 if TYPE_CHECKING:
     from toolchain.config import Config
@@ -256,7 +257,10 @@ def _emit_c_model(staging: Path, int8_tflite: Path, target: Target) -> None:
 
     emit_c = getattr(c_model, "emit_c", None)
     if emit_c is not None:
-        emit_c(int8_tflite, staging / "c", target)
+        try:
+            emit_c(int8_tflite, staging / "c", target)
+        except ModelError:  # a graph emit-c does not support (e.g. float input): the firmware check says why
+            shutil.rmtree(staging / "c", ignore_errors=True)
 
 
 def write(result: GateResult, config: Config, target: Target, models: Models, sampled_errors: np.ndarray,
