@@ -60,28 +60,98 @@ def effective_scale(multiplier: int | np.ndarray, shift: int | np.ndarray) -> np
 
 
 def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
-    """gemmlowp SaturatingRoundingDoublingHighMul: (a*b + 2^30) >> 31 rounding half up,
-    computed as C does: nudge 2^30 or 1-2^30 by the sign of a*b, then truncating division.
-    The only overflow, INT32_MIN * INT32_MIN, saturates to INT32_MAX."""
+    """gemmlowp SaturatingRoundingDoublingHighMul: (a*b + 2^30) >> 31 rounding half up.
+
+    C nudges a*b by 2^30 (or 1-2^30 when a*b < 0) and divides truncating toward zero. For a*b < 0
+    that is ceil((a*b + 1 - 2^30) / 2^31) = floor((a*b + 1 - 2^30 + 2^31 - 1) / 2^31)
+    = floor((a*b + 2^30) / 2^31), the same expression as for a*b >= 0: one add and one arithmetic
+    shift for every sign. The only overflow, INT32_MIN * INT32_MIN, saturates to INT32_MAX."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    ab = a * b
-    nudge = np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
-    num = ab + nudge
-    # C++ integer division truncates toward zero.
-    q = np.where(num >= 0, num >> 31, -((-num) >> 31))
-    overflow = (a == INT32_MIN) & (b == INT32_MIN)
-    return np.where(overflow, np.int64(INT32_MAX), q)
+    q = (a * b + np.int64(1 << 30)) >> 31
+    if np.any(b == INT32_MIN):
+        q = np.where((a == INT32_MIN) & (b == INT32_MIN), np.int64(INT32_MAX), q)
+    return q
 
 
 def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
-    """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero."""
+    """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero.
+
+    For exponent e > 0 this is floor((x + 2^(e-1) - [x < 0]) / 2^e): ties go up for x >= 0 and
+    down for x < 0; for e = 0 it is x. [x < 0] is -(x >> 63) (arithmetic shift)."""
     x = np.asarray(x, dtype=np.int64)
     exponent = np.asarray(exponent, dtype=np.int64)
-    mask = (np.int64(1) << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + (remainder > threshold)
+    nudge = (np.int64(1) << exponent) >> 1
+    neg = (x >> 63) & -(exponent > 0).astype(np.int64)  # -1 where x < 0 and e > 0
+    return (x + nudge + neg) >> exponent
+
+
+class Requantizer:
+    """MultiplyByQuantizedMultiplier with per-channel (last axis) constants folded once, applied
+    in place on a fresh int64 accumulator: a handful of passes over memory and no temporaries
+    beyond one int64 array. Bit-identical to `multiply_by_quantized_multiplier`.
+
+    double: x << left times M is the int64 product x * (M << left) (both exact: |x << left| < 2^31
+    in the kernels, M < 2^31), then (p + 2^30) >> 31 (see saturating_rounding_doubling_high_mul),
+    then rounding_divide_by_pot by right = max(-shift, 0). single: (x*M + 2^(30-shift)) >> (31-shift).
+    """
+
+    def __init__(self, multiplier, shift, rounding: Rounding = "double", offset: int = 0) -> None:
+        m = np.asarray(multiplier, dtype=np.int64)
+        s = np.asarray(shift, dtype=np.int64)
+        m, s = np.broadcast_arrays(m, s)
+        self.rounding = rounding
+        self.offset = int(offset)
+        # INT32_MIN multipliers never come out of quantize_multiplier; they take the general path.
+        self.general = bool(np.any(m == INT32_MIN)) or bool(np.any(m < 0))
+        self.multiplier, self.shift = m, s
+        if rounding == "single":
+            total = 31 - s
+            self.mul = _uniform(m)
+            # + offset folded in: floor((v + o * 2^t) / 2^t) = floor(v / 2^t) + o
+            self.add = _uniform((np.int64(1) << (total - 1)) + (np.int64(self.offset) << total))
+            self.right = _uniform(total)
+            return
+        left = np.maximum(s, 0)
+        right = np.maximum(-s, 0)
+        self.mul = _uniform(m << left)
+        self.right = _uniform(right)
+        self.any_right = bool(np.any(right > 0))
+        self.all_right = bool(np.all(right > 0))
+        # + offset folded into the last shift's addend, as for single rounding
+        self.nudge = _uniform(((np.int64(1) << right) >> 1) + (np.int64(self.offset) << right))
+        self.high_add = np.int64((1 << 30) + (0 if self.any_right else self.offset << 31))
+        self.neg_mask = _uniform(-(right > 0).astype(np.int64))
+
+    def __call__(self, acc: np.ndarray) -> np.ndarray:
+        """MBQM of `acc` plus offset (`acc`: an int64 array this call may overwrite); returns int64."""
+        if self.general:
+            y = multiply_by_quantized_multiplier_reference(acc, self.multiplier, self.shift, self.rounding)
+            return y + self.offset
+        y = acc
+        y *= self.mul
+        if self.rounding == "single":
+            y += self.add
+            y >>= self.right
+            return y
+        y += self.high_add
+        y >>= 31
+        if self.any_right:
+            t = y >> 63
+            if not self.all_right:
+                t &= self.neg_mask
+            t += self.nudge
+            y += t
+            y >>= self.right
+        return y
+
+
+def _uniform(a: np.ndarray):
+    """A per-channel constant as a scalar when all channels agree (cheaper broadcasting)."""
+    a = np.asarray(a, dtype=np.int64)
+    if a.size and np.all(a == a.flat[0]):
+        return np.int64(a.flat[0])
+    return a
 
 
 def multiply_by_quantized_multiplier(
@@ -92,6 +162,17 @@ def multiply_by_quantized_multiplier(
     double: SaturatingRoundingDoublingHighMul then RoundingDivideByPOT (TFLM, CMSIS-NN default);
     single: (x*M + 2^(30-shift)) >> (31-shift) in int64 (TFLITE_SINGLE_ROUNDING builds).
     """
+    x = np.asarray(x, dtype=np.int64)
+    r = Requantizer(multiplier, shift, rounding)
+    if x.ndim == 0 or r.general or np.broadcast_shapes(x.shape, r.multiplier.shape) != x.shape:
+        return multiply_by_quantized_multiplier_reference(x, multiplier, shift, rounding)
+    return r(np.array(x, dtype=np.int64, copy=True))
+
+
+def multiply_by_quantized_multiplier_reference(
+    x: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int, rounding: Rounding = "double"
+) -> np.ndarray:
+    """The plain composition of the primitives, as common.h writes it (no in-place tricks)."""
     x = np.asarray(x, dtype=np.int64)
     multiplier = np.asarray(multiplier, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
