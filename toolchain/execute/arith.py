@@ -108,10 +108,15 @@ class Requantizer:
         if rounding == "single":
             total = 31 - s
             self.mul = _uniform(m)
-            # + offset folded in: floor((v + o * 2^t) / 2^t) = floor(v / 2^t) + o
-            self.add = _uniform((np.int64(1) << (total - 1)) + (np.int64(self.offset) << total))
+            # + offset folded in: floor((v + o * 2^t) / 2^t) = floor(v / 2^t) + o, while o * 2^t
+            # stays far from int64 overflow (|v| < 2^62); otherwise added after the shift.
+            fold = abs(self.offset) < (1 << 8) and int(total.max(initial=0)) <= 52
+            self.post_offset = 0 if fold else self.offset
+            self.add = _uniform((np.int64(1) << (total - 1)) + (np.int64(self.offset if fold else 0) << total))
             self.right = _uniform(total)
             return
+        if abs(self.offset) >= (1 << 24):  # folding below needs o * 2^31 far from overflow
+            self.general = True
         left = np.maximum(s, 0)
         right = np.maximum(-s, 0)
         self.mul = _uniform(m << left)
@@ -133,6 +138,8 @@ class Requantizer:
         if self.rounding == "single":
             y += self.add
             y >>= self.right
+            if self.post_offset:
+                y += self.post_offset
             return y
         y += self.high_add
         y >>= 31

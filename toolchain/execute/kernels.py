@@ -241,6 +241,11 @@ def _pair_table(p, recipe) -> np.ndarray:
     return recipe(v[:, None], v[None, :]).astype(np.int8).reshape(-1)
 
 
+def _both_int8(*xs) -> bool:
+    """Tables index by the int8 bit pattern; other integer arrays take the plain recipe."""
+    return all(isinstance(x, np.ndarray) and x.dtype == np.int8 for x in xs)
+
+
 def _lookup_pair(table: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     idx = x1.view(np.uint8).astype(np.intp) << 8
     return table.take(idx + x2.view(np.uint8))
@@ -258,6 +263,8 @@ def _add_recipe(x1: np.ndarray, x2: np.ndarray, p: P.Add, rounding: Rounding) ->
 def add(x1: np.ndarray, x2: np.ndarray, p: P.Add, rounding: Rounding) -> np.ndarray:
     """reference_integer_ops::Add: offsets, << left_shift, rescale each input, sum, rescale out.
     Every parameter is per tensor, so the output is a function of (x1, x2): tabulated once."""
+    if not _both_int8(x1, x2):
+        return _add_recipe(x1, x2, p, rounding)
     table = _cached(p, rounding, lambda: _pair_table(p, lambda a, b: _add_recipe(a, b, p, rounding)))
     return _lookup_pair(table, x1, x2)
 
@@ -271,6 +278,8 @@ def _mul_recipe(x1: np.ndarray, x2: np.ndarray, p: P.Mul, rounding: Rounding) ->
 def mul(x1: np.ndarray, x2: np.ndarray, p: P.Mul, rounding: Rounding) -> np.ndarray:
     """reference_integer_ops::Mul: (x1+off1)*(x2+off2), one requantization, offset, clamp.
     Per-tensor parameters: tabulated over the 65536 input pairs once, like ADD."""
+    if not _both_int8(x1, x2):
+        return _mul_recipe(x1, x2, p, rounding)
     table = _cached(p, rounding, lambda: _pair_table(p, lambda a, b: _mul_recipe(a, b, p, rounding)))
     return _lookup_pair(table, x1, x2)
 
@@ -296,6 +305,8 @@ def _requantize_recipe(x: np.ndarray, p: P.Quantize, rounding: Rounding) -> np.n
 
 def requantize(x: np.ndarray, p: P.Quantize, rounding: Rounding) -> np.ndarray:
     """reference_ops::Requantize (int8 -> int8 QUANTIZE): 256 possible inputs, tabulated once."""
+    if not _both_int8(x):
+        return _requantize_recipe(x, p, rounding)
     table = _cached(p, rounding, lambda: _requantize_recipe(np.arange(-128, 128), p, rounding))
     return table.take(x.view(np.uint8).astype(np.intp) ^ 128)
 
