@@ -96,6 +96,18 @@ int32_t qa_multiply_by_quantized_multiplier_smaller_than_one_exp(int32_t x, int3
 }
 #endif
 
+/* Output stage of FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D (TFLM): + bias[oc] (bias
+ * nullable), MultiplyByQuantizedMultiplier with channel ch's (M, shift), + output offset,
+ * clamp to the fused activation range. */
+static inline int8_t qa_output_stage(int32_t acc, const int32_t *bias, int32_t oc, int32_t ch,
+                                     const int32_t *multiplier, const int32_t *shift, int32_t output_offset,
+                                     int32_t act_min, int32_t act_max)
+{
+    if (bias != 0) acc += bias[oc];
+    acc = qa_multiply_by_quantized_multiplier(acc, multiplier[ch], shift[ch]) + output_offset;
+    return (int8_t)qa_clamp32(acc, act_min, act_max);
+}
+
 /* ===================================================================================
  * FULLY_CONNECTED: reference_integer_ops::FullyConnected (per-tensor) and
  * FullyConnectedPerChannel: acc = sum (w + filter_offset) * (x + input_offset) + bias,
@@ -112,33 +124,33 @@ void qa_fully_connected(const qa_fc_params *p, const int8_t *input, const int8_t
             for (int32_t d = 0; d < p->accum_depth; ++d) {
                 acc += ((int32_t)w[d] + p->filter_offset) * ((int32_t)x[d] + p->input_offset);
             }
-            if (bias != 0) acc += bias[oc];
-            const int32_t ch = p->per_channel ? oc : 0;
-            acc = qa_multiply_by_quantized_multiplier(acc, p->output_multiplier[ch], p->output_shift[ch]);
-            acc += p->output_offset;
-            output[b * p->output_depth + oc] = (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
+            output[b * p->output_depth + oc] =
+                qa_output_stage(acc, bias, oc, p->per_channel ? oc : 0, p->output_multiplier, p->output_shift,
+                                p->output_offset, p->act_min, p->act_max);
         }
     }
 }
 
 /* ===================================================================================
- * CONV_2D: reference_integer_ops::ConvPerChannel.  Output pixel (y, x) reads input rows
- * y*stride_h - pad_h + dilation_h*fy (columns likewise); taps outside the image are
- * skipped (they contribute zero *after* the input offset, i.e. real zero padding).
- * Grouped convolution when filter_c < input_c, as TFLM's groups = input_c / filter_c.
+ * CONV_2D and DEPTHWISE_CONV_2D: reference_integer_ops::ConvPerChannel and
+ * DepthwiseConvPerChannel, written once as a grouped convolution.  Output pixel (y, x)
+ * reads input rows y*stride_h - pad_h + dilation_h*fy (columns likewise); taps outside
+ * the image are skipped (they contribute zero *after* the input offset, i.e. real zero
+ * padding).  Output channel oc reads the group_c input channels starting at
+ * (oc / filters_per_group) * group_c, and filter element (oc, fy, fx, i) at
+ * oc*ws[0] + fy*ws[1] + fx*ws[2] + i.  int32 sums wrap, so the order of the terms
+ * (TFLM's depthwise loop has no channel loop) does not change the result.
  * =================================================================================== */
-void qa_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter, const int32_t *bias,
-               int8_t *output)
+static void qa_conv_core(const qa_conv_params *p, const int8_t *input, const int8_t *filter, const int32_t *bias,
+                         int8_t *output, int32_t group_c, int32_t filters_per_group, const int32_t ws[3])
 {
-    const int32_t groups = p->input_c / p->filter_c;
-    const int32_t filters_per_group = p->output_c / groups;
     for (int32_t b = 0; b < p->batches; ++b) {
         for (int32_t oy = 0; oy < p->output_h; ++oy) {
             const int32_t in_y0 = oy * p->stride_h - p->pad_h;
             for (int32_t ox = 0; ox < p->output_w; ++ox) {
                 const int32_t in_x0 = ox * p->stride_w - p->pad_w;
                 for (int32_t oc = 0; oc < p->output_c; ++oc) {
-                    const int32_t group = oc / filters_per_group;
+                    const int32_t in_c0 = (oc / filters_per_group) * group_c;
                     int32_t acc = 0;
                     for (int32_t fy = 0; fy < p->filter_h; ++fy) {
                         const int32_t in_y = in_y0 + p->dilation_h * fy;
@@ -146,62 +158,36 @@ void qa_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filte
                         for (int32_t fx = 0; fx < p->filter_w; ++fx) {
                             const int32_t in_x = in_x0 + p->dilation_w * fx;
                             if (in_x < 0 || in_x >= p->input_w) continue;
-                            const int8_t *xin = input + ((b * p->input_h + in_y) * p->input_w + in_x) * p->input_c
-                                                + group * p->filter_c;
-                            const int8_t *w = filter + ((oc * p->filter_h + fy) * p->filter_w + fx) * p->filter_c;
-                            for (int32_t ic = 0; ic < p->filter_c; ++ic) {
-                                acc += (int32_t)w[ic] * ((int32_t)xin[ic] + p->input_offset);
+                            const int8_t *xin = input + ((b * p->input_h + in_y) * p->input_w + in_x) * p->input_c + in_c0;
+                            const int8_t *w = filter + oc * ws[0] + fy * ws[1] + fx * ws[2];
+                            for (int32_t i = 0; i < group_c; ++i) {
+                                acc += (int32_t)w[i] * ((int32_t)xin[i] + p->input_offset);
                             }
                         }
                     }
-                    if (bias != 0) acc += bias[oc];
-                    acc = qa_multiply_by_quantized_multiplier(acc, p->output_multiplier[oc], p->output_shift[oc]);
-                    acc += p->output_offset;
                     output[((b * p->output_h + oy) * p->output_w + ox) * p->output_c + oc] =
-                        (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
+                        qa_output_stage(acc, bias, oc, oc, p->output_multiplier, p->output_shift, p->output_offset,
+                                        p->act_min, p->act_max);
                 }
             }
         }
     }
 }
 
-/* ===================================================================================
- * DEPTHWISE_CONV_2D: reference_integer_ops::DepthwiseConvPerChannel.  Output channel
- * oc = ic * depth_multiplier + m reads input channel ic and filter column oc.
- * =================================================================================== */
+/* Grouped convolution when filter_c < input_c, as TFLM's groups = input_c / filter_c. */
+void qa_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter, const int32_t *bias,
+               int8_t *output)
+{
+    const int32_t ws[3] = {p->filter_h * p->filter_w * p->filter_c, p->filter_w * p->filter_c, p->filter_c};
+    qa_conv_core(p, input, filter, bias, output, p->filter_c, p->output_c / (p->input_c / p->filter_c), ws);
+}
+
+/* Output channel oc = ic * depth_multiplier + m reads input channel ic and filter column oc. */
 void qa_depthwise_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter,
                          const int32_t *bias, int8_t *output)
 {
-    for (int32_t b = 0; b < p->batches; ++b) {
-        for (int32_t oy = 0; oy < p->output_h; ++oy) {
-            const int32_t in_y0 = oy * p->stride_h - p->pad_h;
-            for (int32_t ox = 0; ox < p->output_w; ++ox) {
-                const int32_t in_x0 = ox * p->stride_w - p->pad_w;
-                for (int32_t ic = 0; ic < p->input_c; ++ic) {
-                    for (int32_t m = 0; m < p->depth_multiplier; ++m) {
-                        const int32_t oc = ic * p->depth_multiplier + m;
-                        int32_t acc = 0;
-                        for (int32_t fy = 0; fy < p->filter_h; ++fy) {
-                            const int32_t in_y = in_y0 + p->dilation_h * fy;
-                            if (in_y < 0 || in_y >= p->input_h) continue;
-                            for (int32_t fx = 0; fx < p->filter_w; ++fx) {
-                                const int32_t in_x = in_x0 + p->dilation_w * fx;
-                                if (in_x < 0 || in_x >= p->input_w) continue;
-                                const int32_t xv = input[((b * p->input_h + in_y) * p->input_w + in_x) * p->input_c + ic];
-                                const int32_t wv = filter[(fy * p->filter_w + fx) * p->output_c + oc];
-                                acc += wv * (xv + p->input_offset);
-                            }
-                        }
-                        if (bias != 0) acc += bias[oc];
-                        acc = qa_multiply_by_quantized_multiplier(acc, p->output_multiplier[oc], p->output_shift[oc]);
-                        acc += p->output_offset;
-                        output[((b * p->output_h + oy) * p->output_w + ox) * p->output_c + oc] =
-                            (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
-                    }
-                }
-            }
-        }
-    }
+    const int32_t ws[3] = {1, p->filter_w * p->output_c, p->output_c};
+    qa_conv_core(p, input, filter, bias, output, 1, p->depth_multiplier, ws);
 }
 
 /* ===================================================================================
