@@ -57,20 +57,29 @@ def bench_case(case: str, float_path: Path, int8_path: Path, boxes: list[Box], e
             row(case, engine, float(up.max()), lower, time.monotonic() - t)
 
 
-def executor_speed(path: Path, batch: int = 256) -> None:
+def executor_speed(path: Path, batch: int = 256, label: str | None = None, repeats: int = 3) -> float:
+    """Seconds for one batch through the numpy executor and through the tflite-micro interpreter
+    (one Invoke per input), each the best of `repeats` (the machine may be shared); prints the ratio.
+    Outputs must agree: a fast wrong executor is no use."""
+    from toolchain.bitexact import random_inputs
+
     g = reader.read_model(path)
     pg = prepare.prepare(g)
-    rng = np.random.default_rng(0)
-    xs = rng.integers(-128, 128, size=(batch,) + g.input.shape, dtype=np.int8)
-    t = time.monotonic()
-    run(pg, xs)
-    ours = time.monotonic() - t
+    xs = random_inputs(g, batch, seed=0)
     oracle = TflmOracle(path, preserve_all=False)
-    t = time.monotonic()
-    oracle.run(xs)
-    tflm = time.monotonic() - t
-    print(f"executor speed {path.name:32s} batch {batch}: numpy {ours:.3f}s, tflite-micro {tflm:.3f}s, "
-          f"ratio tflm/numpy = {tflm / ours:.1f}x", flush=True)
+    ours = tflm = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mine = run(pg, xs).output
+        ours = min(ours, time.perf_counter() - t)
+        t = time.perf_counter()
+        theirs = oracle.run(xs)
+        tflm = min(tflm, time.perf_counter() - t)
+    same = np.array_equal(np.asarray(mine).reshape(theirs.shape), theirs)
+    ratio = tflm / ours
+    print(f"executor speed {label or path.name:32s} batch {batch}: numpy {ours:.4f}s, tflite-micro {tflm:.4f}s, "
+          f"ratio tflm/numpy = {ratio:6.1f}x{'' if same else '  OUTPUTS DIFFER'}", flush=True)
+    return ratio
 
 
 def main() -> None:
@@ -78,12 +87,12 @@ def main() -> None:
     from zoo import build_zoo
 
     zoo = build_zoo(REPO / ".cache" / "zoo")
-    print("== executor speed vs tflite-micro ==")
-    for name in ("mlp_fused", "cnn_conv", "cnn_residual"):
-        executor_speed(zoo[name].int8_tflite)
+    print("== executor speed vs tflite-micro (batch 256; ratio > 1: the numpy executor is faster) ==")
+    ratios = [executor_speed(zoo[name].int8_tflite, label=name) for name in sorted(zoo)]
     for f in ("ad01_int8.tflite", "pretrainedResnet_quant.tflite"):
         if (SHARED / f).exists():
-            executor_speed(SHARED / f)
+            ratios.append(executor_speed(SHARED / f))
+    print(f"executor speed: slowest ratio tflm/numpy = {min(ratios):.1f}x over {len(ratios)} models", flush=True)
 
     print("== generated models (boxes of radius 0.05 around the centre of the calibration box) ==")
     for name in ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_big_multiplier", "cnn_depthwise"):

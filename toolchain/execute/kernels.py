@@ -28,7 +28,7 @@ from toolchain.execute.arith import Requantizer, Rounding, multiply_by_quantized
 from toolchain.tflite import prepare as P
 
 # Elements of int64/float accumulator per chunk: big enough for BLAS, small enough for cache.
-_CHUNK_ELEMS = 1 << 17
+_CHUNK_ELEMS = 1 << 16
 _F32_EXACT = float(1 << 24)
 _F64_EXACT = float(1 << 53)
 
