@@ -61,6 +61,10 @@ static int32_t rd_i32(reader *r)
     if (q) memcpy(&v, q, 4);
     return v;
 }
+static void rd_i32x4(reader *r, int32_t v[4])
+{
+    for (int k = 0; k < 4; ++k) v[k] = rd_i32(r);
+}
 static const int8_t *rd_i8s(reader *r, int32_t n) { return (const int8_t *)take(r, (uint32_t)n); }
 static const int32_t *rd_i32s(reader *r, int32_t n) { return (const int32_t *)take(r, (uint32_t)n * 4u); }
 
@@ -186,14 +190,12 @@ static uint32_t run_record(uint32_t op, reader *r)
     case OP_PAD: {
         qa_pad_params p;
         int32_t n_in = 1, n_out = 1;
-        for (int k = 0; k < 4; ++k) p.input_dims[k] = rd_i32(r);
-        for (int k = 0; k < 4; ++k) p.pad_before[k] = rd_i32(r);
-        for (int k = 0; k < 4; ++k) p.pad_after[k] = rd_i32(r);
+        rd_i32x4(r, p.input_dims);
+        rd_i32x4(r, p.pad_before);
+        rd_i32x4(r, p.pad_after);
         p.pad_value = rd_i32(r);
-        for (int k = 0; k < 4; ++k) {
-            n_in *= p.input_dims[k];
-            n_out *= p.input_dims[k] + p.pad_before[k] + p.pad_after[k];
-        }
+        for (int k = 0; k < 4; ++k) n_in *= p.input_dims[k];
+        for (int k = 0; k < 4; ++k) n_out *= p.input_dims[k] + p.pad_before[k] + p.pad_after[k];
         const int8_t *x = rd_i8s(r, n_in);
         if (r->bad) return 0;
         qa_pad(&p, x, o8);
@@ -220,14 +222,12 @@ static uint32_t run_record(uint32_t op, reader *r)
     case OP_MEAN: {
         qa_mean_params p;
         int32_t n_in = 1, n_out = 1;
-        for (int k = 0; k < 4; ++k) p.dims[k] = rd_i32(r);
-        for (int k = 0; k < 4; ++k) p.reduced[k] = rd_i32(r);
+        rd_i32x4(r, p.dims);
+        rd_i32x4(r, p.reduced);
         p.input_zero_point = rd_i32(r); p.count = rd_i32(r);
         p.multiplier = rd_i32(r); p.shift = rd_i32(r); p.output_offset = rd_i32(r);
-        for (int k = 0; k < 4; ++k) {
-            n_in *= p.dims[k];
-            n_out *= p.reduced[k] ? 1 : p.dims[k];
-        }
+        for (int k = 0; k < 4; ++k) n_in *= p.dims[k];
+        for (int k = 0; k < 4; ++k) n_out *= p.reduced[k] ? 1 : p.dims[k];
         const int8_t *x = rd_i8s(r, n_in);
         if (r->bad) return 0;
         qa_mean(&p, x, o8);
