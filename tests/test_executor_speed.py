@@ -136,6 +136,10 @@ CONV_CASES = [
     (True, 3, 1, 3, (1, 1), (1, 1), (1, 1), (8, 8), False),
     (True, 3, 2, 3, (2, 2), (1, 1), (1, 0), (9, 8), False),
     (True, 2, 1, 5, (1, 1), (2, 2), (4, 4), (7, 7), False),
+    # more than _ConvPlan.BAND_MAX_CHANNELS input channels: the per-tap path
+    (False, 12, 7, 3, (2, 1), (1, 2), (1, 2), (9, 9), False),
+    (True, 12, 1, 3, (1, 2), (1, 1), (1, 1), (8, 9), False),
+    (True, 10, 2, 3, (1, 1), (2, 1), (2, 1), (8, 8), False),
 ]
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import glob
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +40,49 @@ def as_batch(graph: Graph, x: np.ndarray) -> np.ndarray:
     raise ModelError(f"input of shape {x.shape} does not fit the model input {shape}", graph.path)
 
 
+# BLAS threads for the executor's matmuls. Its GEMMs are thin (K and N of tens to hundreds): a
+# second OpenBLAS thread gains little on an idle machine, and on a busy one (the certify engines,
+# tests or other jobs on the same cores) waiting for a descheduled BLAS thread made a batch of 256
+# through AD01 take 200 ms instead of 3 ms and ResNet-8 1.5 s instead of 0.45 s (bench/run.py).
+# One thread, set only for the calling thread (openblas_set_num_threads_local) and restored after.
+BLAS_THREADS = int(os.environ.get("QASSURE_EXECUTOR_BLAS_THREADS", "1"))
+
+
+def _openblas_set_threads_local():
+    """numpy's bundled OpenBLAS openblas_set_num_threads_local, or None when not available."""
+    root = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(root, "libscipy_openblas*.so*"))):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+        return fn
+    return None
+
+
+_SET_THREADS = _openblas_set_threads_local() if BLAS_THREADS > 0 else None
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int):
+    if _SET_THREADS is None:
+        yield
+        return
+    old = _SET_THREADS(n)
+    try:
+        yield
+    finally:
+        _SET_THREADS(old)
+
+
 def run(pg: P.PreparedGraph, x: np.ndarray, keep_intermediates: bool = False) -> Run:
     """Run the graph on a batch of inputs (int8 for int8-input graphs, float32 for float-input ones)."""
+    with _blas_threads(BLAS_THREADS):
+        return _run(pg, x, keep_intermediates)
+
+
+def _run(pg: P.PreparedGraph, x: np.ndarray, keep_intermediates: bool) -> Run:
     graph = pg.graph
     values: dict[int, np.ndarray] = {graph.inputs[0]: as_batch(graph, x)}
     for t in graph.tensors:

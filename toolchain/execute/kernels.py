@@ -119,25 +119,59 @@ def fully_connected(x: np.ndarray, p: P.FullyConnected, out_shape: tuple[int, ..
 
 
 class _ConvPlan:
+    """Float weights for one convolution, in one of two forms.
+
+    per-tap: taps[fy, fx] is (c_in, n_out) (depthwise: (c_in, m)); one matmul (or multiply) per tap.
+    band (few input channels, where per-tap matmuls are too thin to be efficient): `tw` adjacent
+    outputs of one row read a window of `span` input columns in each of the kh filter rows, and
+    those kh * span * c_in values are contiguous runs of the padded input. One GEMM with a banded
+    matrix band[(fy, col, c), (x, o)] = w[o, fy, col - x*sw, c] when col - x*sw is a multiple of
+    dw (zero elsewhere) gives all tw outputs at once: the zeros add exact zeros, so sums and their
+    bound are those of the plain dot product.
+    """
+
+    BAND_MAX_CHANNELS = 8
+    BAND_TILE = 4
+
     def __init__(self, p: P.Conv, rounding: Rounding) -> None:
         w = p.weights
         kh, kw = w.shape[1], w.shape[2]
         self.kh, self.kw = kh, kw
+        sw, dw = p.stride[1], p.dilation[1]
         if p.depthwise:
             c_out = w.shape[3]
             m = p.depth_multiplier
+            c_in = c_out // m
             abs_sum = np.abs(w).reshape(kh * kw, c_out).sum(axis=0)
             self.dtype = _exact_float(p.input_offset, abs_sum, p.bias)
             # taps[fy][fx] has shape (c_in, m): output channel c * m + j reads input channel c
-            self.taps = w.reshape(kh, kw, c_out // m, m).astype(self.dtype)
+            self.taps = w.reshape(kh, kw, c_in, m).astype(self.dtype)
             self.n_out = c_out
         else:
-            n_out = w.shape[0]
+            n_out, c_in = w.shape[0], w.shape[3]
             abs_sum = np.abs(w).reshape(n_out, -1).sum(axis=1)
             self.dtype = _exact_float(p.input_offset, abs_sum, p.bias)
             # taps[fy, fx] is (c_in, n_out), ready for x_slice @ tap
             self.taps = np.ascontiguousarray(w.transpose(1, 2, 3, 0).astype(self.dtype))
             self.n_out = n_out
+        self.c_in = c_in
+        self.band = None
+        if c_in <= self.BAND_MAX_CHANNELS and kh * kw > 1:
+            tw = max(1, min(self.BAND_TILE, p.out_hw[1]))
+            span = (tw - 1) * sw + (kw - 1) * dw + 1
+            band = np.zeros((kh, span, c_in, tw, self.n_out), dtype=self.dtype)
+            for fy in range(kh):
+                for fx in range(kw):
+                    for x in range(tw):
+                        col = x * sw + fx * dw
+                        if p.depthwise:
+                            for c in range(c_in):
+                                band[fy, col, c, x, c * m : (c + 1) * m] = self.taps[fy, fx, c]
+                        else:
+                            band[fy, col, :, x, :] = self.taps[fy, fx]
+            self.band = band.reshape(kh * span * c_in, tw * self.n_out)
+            self.tile, self.span = tw, span
+            self.tiles = -(-p.out_hw[1] // tw)
         self.bias = p.bias.astype(self.dtype)
         self.out = _Out(p.requant, rounding)
 
@@ -172,6 +206,22 @@ def _need(kh, kw, stride, dilation, out_hw) -> tuple[int, int]:
             (out_hw[1] - 1) * stride[1] + (kw - 1) * dilation[1] + 1)
 
 
+def _band_acc(xp: np.ndarray, plan: _ConvPlan, p: P.Conv) -> np.ndarray:
+    """All outputs of a chunk with one GEMM against the banded weights (see _ConvPlan)."""
+    b = xp.shape[0]
+    oh, ow = p.out_hw
+    sh, sw = p.stride
+    dh = p.dilation[0]
+    tw, span, nt, kh, c = plan.tile, plan.span, plan.tiles, plan.kh, plan.c_in
+    s0, s1, _, s3 = xp.strides
+    # view (b, oh, tile, fy, span * c): row y * sh + fy * dh, columns from tile * tw * sw, contiguous
+    view = np.lib.stride_tricks.as_strided(
+        xp, shape=(b, oh, nt, kh, span * c), strides=(s0, sh * s1, tw * sw * c * s3, dh * s1, s3), writeable=False)
+    cols = np.ascontiguousarray(view).reshape(b * oh * nt, kh * span * c)
+    acc = (cols @ plan.band).reshape(b, oh, nt * tw, plan.n_out)
+    return acc[:, :, :ow] if nt * tw != ow else acc
+
+
 def conv(x: np.ndarray, p: P.Conv, rounding: Rounding) -> np.ndarray:
     """ConvPerChannel / DepthwiseConvPerChannel: points outside the image are skipped, which is
     the same as padding (x + input_offset) with zeros."""
@@ -181,26 +231,31 @@ def conv(x: np.ndarray, p: P.Conv, rounding: Rounding) -> np.ndarray:
     oh, ow = p.out_hw
     kh, kw = plan.kh, plan.kw
     need = _need(kh, kw, p.stride, p.dilation, p.out_hw)
+    if plan.band is not None:  # whole tiles: columns up to the last tile's window
+        need = (need[0], max(need[1], (plan.tiles - 1) * plan.tile * p.stride[1] + plan.span))
     out = np.empty((batch, oh, ow, plan.n_out), dtype=np.int8)
     step = _batch_step(batch, oh * ow * plan.n_out)
     off = plan.dtype(p.input_offset)
     for i in range(0, batch, step):
         xp = _padded(x4[i : i + step], off, plan.dtype, p.padding, need)
-        acc = None
-        for fy in range(kh):
-            for fx in range(kw):
-                sl = _tap(xp, fy, fx, p.stride, p.dilation, p.out_hw)
-                if p.depthwise:
-                    tap = plan.taps[fy, fx]  # (c_in, m)
-                    term = sl[..., :, None] * tap if tap.shape[1] > 1 else sl * tap[:, 0]
-                else:
-                    term = sl @ plan.taps[fy, fx]
-                if acc is None:
-                    acc = term
-                else:
-                    acc += term
-        acc = acc.reshape(acc.shape[0], oh, ow, plan.n_out)  # depthwise: channel c * m + j
-        acc += plan.bias
+        if plan.band is not None:
+            acc = _band_acc(xp, plan, p)
+        else:
+            acc = None
+            for fy in range(kh):
+                for fx in range(kw):
+                    sl = _tap(xp, fy, fx, p.stride, p.dilation, p.out_hw)
+                    if p.depthwise:
+                        tap = plan.taps[fy, fx]  # (c_in, m)
+                        term = sl[..., :, None] * tap if tap.shape[1] > 1 else sl * tap[:, 0]
+                    else:
+                        term = sl @ plan.taps[fy, fx]
+                    if acc is None:
+                        acc = term
+                    else:
+                        acc += term
+            acc = acc.reshape(acc.shape[0], oh, ow, plan.n_out)  # depthwise: channel c * m + j
+        acc = acc + plan.bias
         plan.out(acc, out[i : i + step])
     return out.reshape(batch, 1, oh, ow, -1)
 
