@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolchain.certify import ABS_MARGIN, REL_MARGIN, certify, falsify, milp, split, symbolic
+from toolchain.certify import certify, falsify, milp, split, symbolic, with_margin
 from toolchain.certify.region import Box
 from toolchain.errors import SoundnessViolation
 from toolchain.merge import build
@@ -53,7 +53,7 @@ def test_engines_bound_sampled_errors(zoo, name):
         seen = _sampled_max(net, pg, box, n=1000)
         for engine in ENGINES:
             a = symbolic.interval_analysis(net, box) if engine == "interval" else symbolic.differential_analysis(net, box)
-            assert np.all(a.upper >= seen), f"{name} {engine}: bound {a.upper} below sampled {seen}"
+            assert np.all(with_margin(a.upper) >= seen), f"{name} {engine}: bound {a.upper} below sampled {seen}"
 
 
 @pytest.mark.tf
@@ -107,10 +107,10 @@ def test_exhaustive_int8_inputs(tiny_nets, seed):
     box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7])).snap_to_grid(net.input_scale, net.input_zero_point)
     exact = _exhaustive(net, pg, box)
     analysis = symbolic.differential_analysis(net, box)
-    assert np.all(symbolic.interval_analysis(net, box).upper >= exact)
-    assert np.all(analysis.upper >= exact)
+    assert np.all(with_margin(symbolic.interval_analysis(net, box).upper) >= exact)
+    assert np.all(with_margin(analysis.upper) >= exact)
     sr = split.split_search(net, box, time_limit=5.0, target=lambda u: False, max_leaves=64)
-    assert np.all(sr.upper * (1 + REL_MARGIN) + ABS_MARGIN >= exact)
+    assert np.all(with_margin(sr.upper) >= exact)
     m = milp.milp_bounds(net, box, analysis, time_limit=30.0)
     assert np.all(m.upper >= exact), (m.upper, exact)
     # Exact up to the stated margins: the solver tolerance margin, plus the slack of modelling
@@ -128,8 +128,8 @@ def test_random_boxes_float_interface(tiny_nets, c0, c1, r, seed):
                     "float"), prepare.prepare(reader.read_model(res.int8_tflite))
     box = Box(np.array([c0 - r, c1 - r]), np.array([c0 + r, c1 + r]))
     seen = _sampled_max(net, pg, box, n=2000, seed=3)
-    assert np.all(symbolic.differential_analysis(net, box).upper >= seen)
-    assert np.all(symbolic.interval_analysis(net, box).upper >= seen)
+    assert np.all(with_margin(symbolic.differential_analysis(net, box).upper) >= seen)
+    assert np.all(with_margin(symbolic.interval_analysis(net, box).upper) >= seen)
 
 
 @pytest.mark.tf
@@ -168,3 +168,30 @@ def test_acasxu_property1_box_is_sound(shared_models, tmp_path):
     seen = _sampled_max(net, pg, box, n=4000)
     assert all(o.upper >= s for o, s in zip(cert.outputs, seen))
     assert "SOFTMAX" in " ".join(cert.notes)
+
+
+@pytest.mark.tf
+def test_top1_decision(tiny_nets):
+    from toolchain.certify.decision import top1
+
+    res = tiny_nets[0]
+    fg, qg = reader.read_model(res.float_tflite), reader.read_model(res.int8_tflite)
+    pg = prepare.prepare(qg)
+    net = build(fg, pg, "float")
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(-1, 1, size=(4000, 2))
+    y = net.forward_float(xs)[net.output]
+    gap = np.abs(y[:, 0] - y[:, 1])
+    # A point far from the decision boundary: a small box around it is certified.
+    x = xs[int(np.argmax(gap))]
+    box = Box(x - 1e-3, x + 1e-3)
+    d = top1(net, pg, box, symbolic.differential_analysis(net, box))
+    assert d["certified"] and not d["refuted"] and d["float_margin"] > 0 and d["int8_margin"] > 0
+    # A box across the float decision boundary can never be certified, and is refuted by sampling.
+    x = xs[int(np.argmin(gap))]
+    box = Box(x - 0.2, x + 0.2)
+    d = top1(net, pg, box, symbolic.differential_analysis(net, box))
+    assert not d["certified"]
+    if d["refuted"]:
+        ce = np.array(d["counterexample"])
+        assert np.argmax(net.forward_float(ce[None])[net.output][0]) == d["float_class"]

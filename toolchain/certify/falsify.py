@@ -7,6 +7,7 @@ certificate's witnessed lower bound.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,27 +48,38 @@ def errors(net: MergedNet, pg: PreparedGraph, xs: np.ndarray) -> np.ndarray:
 
 def falsify(
     net: MergedNet, pg: PreparedGraph, box: Box, samples: int = 2000, seed: int = 0, search_steps: int = 40,
-    batch: int = 512,
+    batch: int = 512, time_limit: float = 30.0, searched_outputs: int = 8,
 ) -> Found:
+    """Sample the box (centre, uniform points, vertices), then hill-climb from the incumbents of
+    the `searched_outputs` outputs with the largest errors, within `time_limit` seconds."""
+    t0 = time.monotonic()
     rng = np.random.default_rng(seed)
     n_out = net.n_outputs
     pts = np.vstack([box.center[None], box.sample(max(1, samples // 2), rng), box.corners(max(1, samples // 2), rng)])
     if net.input_interface == "int8":
-        pts = _snap(net, pts, box)
-    errs = np.vstack([np.abs(errors(net, pg, pts[i : i + batch])) for i in range(0, len(pts), batch)])
+        pts = snap_to_input_grid(net, pts, box)
+    chunks = []
+    for i in range(0, len(pts), batch):
+        chunks.append(np.abs(errors(net, pg, pts[i : i + batch])))
+        if time.monotonic() - t0 > time_limit / 2:
+            break
+    errs = np.vstack(chunks)
+    pts = pts[: len(errs)]
     best_idx = errs.argmax(axis=0)
     lower = errs[best_idx, np.arange(n_out)]
     inputs = pts[best_idx].copy()
     # Local search per output: random steps around the incumbent, radius shrinking on failure.
     width = box.width
-    for k in range(n_out):
+    for k in np.argsort(-lower)[:searched_outputs]:
         x, best = inputs[k].copy(), lower[k]
         radius = 0.25
         for _ in range(search_steps):
+            if time.monotonic() - t0 > time_limit:
+                break
             cand = x[None] + rng.uniform(-1, 1, size=(32, x.size)) * width * radius
             cand = np.clip(cand, box.low, box.high)
             if net.input_interface == "int8":
-                cand = _snap(net, cand, box)
+                cand = snap_to_input_grid(net, cand, box)
             e = np.abs(errors(net, pg, cand)[:, k])
             j = int(e.argmax())
             if e[j] > best:
@@ -78,7 +90,7 @@ def falsify(
     return Found(lower, inputs, errs.max(axis=1))
 
 
-def _snap(net: MergedNet, pts: np.ndarray, box: Box) -> np.ndarray:
+def snap_to_input_grid(net: MergedNet, pts: np.ndarray, box: Box) -> np.ndarray:
     """Round points to the int8 input grid, staying inside the box."""
     s = net.input_scale
     q = np.rint(pts / s)

@@ -3,7 +3,7 @@
 Every relaxation here returns, elementwise, lines  alpha_l z + beta_l <= h(z) <= alpha_u z + beta_u
 valid for all z in [lo, hi]. For a piecewise-linear h, any slope is sound once its offset is
 taken as the max (upper) or min (lower) of h(v) - alpha v over the vertices v: the interval ends
-and the breakpoints inside it. We pick the chord's slope, which is exact where h is linear.
+and the breakpoints inside it. Slopes are chosen per side by enclosed area (see _vertex_lines).
 """
 
 from __future__ import annotations
@@ -26,28 +26,46 @@ def clamp(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(z, lo), hi)
 
 
+_CANDIDATE_SLOPES = (-1.0, 0.0, 1.0)
+
+
 def _vertex_lines(
     h: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray, breaks: Sequence[np.ndarray],
-    slope: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(alpha, beta_lower, beta_upper) for h over [lo, hi] with the given breakpoints."""
+) -> Lines:
+    """Lines below and above h over [lo, hi] with the given breakpoints.
+
+    Every slope is sound once the offset is the min / max of h(v) - slope v over the vertices. Among
+    the chord's slope and the pieces' own slopes (-1, 0, 1), each side takes the one whose line
+    encloses the least area with h (CROWN's adaptive choice, generalised to any breakpoints)."""
     width = hi - lo
-    h_lo, h_hi = h(lo), h(hi)
-    if slope is None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slope = np.where(width > 1e-300, (h_hi - h_lo) / np.where(width > 1e-300, width, 1.0), 0.0)
-    slope = np.nan_to_num(slope, nan=0.0, posinf=0.0, neginf=0.0)
+    wide = width > 1e-300
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chord = np.where(wide, (h(hi) - h(lo)) / np.where(wide, width, 1.0), 0.0)
+    chord = np.nan_to_num(chord, nan=0.0, posinf=0.0, neginf=0.0)
     vertices = [lo, hi] + [np.clip(b, lo, hi) for b in breaks]
-    offsets = np.stack([h(v) - slope * v for v in vertices])
-    return slope, offsets.min(axis=0), offsets.max(axis=0)
+    values = [h(v) for v in vertices]
+    mid = (lo + hi) / 2
+    best_l = best_u = None
+    for slope in (chord,) + tuple(np.full_like(lo, c) for c in _CANDIDATE_SLOPES):
+        offsets = np.stack([hv - slope * v for hv, v in zip(values, vertices)])
+        bl, bu = offsets.min(axis=0), offsets.max(axis=0)
+        # Mean height of the line over the interval: larger is better below, smaller above.
+        ml, mu = slope * mid + bl, slope * mid + bu
+        if best_l is None:
+            best_l, best_u = (slope, bl, ml), (slope, bu, mu)
+            continue
+        take_l = ml > best_l[2]
+        take_u = mu < best_u[2]
+        best_l = tuple(np.where(take_l, new, old) for new, old in zip((slope, bl, ml), best_l))
+        best_u = tuple(np.where(take_u, new, old) for new, old in zip((slope, bu, mu), best_u))
+    return Lines(best_l[0], best_l[1], best_u[0], best_u[1])
 
 
 def clamp_lines(lo: np.ndarray, hi: np.ndarray, c_lo: np.ndarray, c_hi: np.ndarray) -> Lines:
     """clamp(z, c_lo, c_hi) for z in [lo, hi] (c_lo / c_hi may be infinite)."""
     fin_lo = np.where(np.isfinite(c_lo), c_lo, lo)
     fin_hi = np.where(np.isfinite(c_hi), c_hi, hi)
-    a, bl, bu = _vertex_lines(lambda z: clamp(z, c_lo, c_hi), lo, hi, [fin_lo, fin_hi])
-    return Lines(a, bl, a, bu)
+    return _vertex_lines(lambda z: clamp(z, c_lo, c_hi), lo, hi, [fin_lo, fin_hi])
 
 
 def difference_of_clamps_lines(
@@ -60,16 +78,15 @@ def difference_of_clamps_lines(
         return clamp(z, f_lo, f_hi) - clamp(z, g_lo, g_hi)
 
     breaks = [np.where(np.isfinite(b), b, lo) for b in (f_lo, f_hi, g_lo, g_hi)]
-    a, bl, bu = _vertex_lines(h, lo, hi, breaks)
-    return Lines(a, bl, a, bu)
+    return _vertex_lines(h, lo, hi, breaks)
 
 
 def lipschitz_difference_lines(d_lo: np.ndarray, d_hi: np.ndarray) -> Lines:
     """A = f(p) - f(u) for a nondecreasing 1-Lipschitz f, in terms of delta = p - u in [d_lo, d_hi]:
     min(0, delta) <= A <= max(0, delta); the chords of those two functions bound A linearly."""
-    a_u, _, b_u = _vertex_lines(lambda z: np.maximum(z, 0.0), d_lo, d_hi, [np.zeros_like(d_lo)])
-    a_l, b_l, _ = _vertex_lines(lambda z: np.minimum(z, 0.0), d_lo, d_hi, [np.zeros_like(d_lo)])
-    return Lines(a_l, b_l, a_u, b_u)
+    upper = _vertex_lines(lambda z: np.maximum(z, 0.0), d_lo, d_hi, [np.zeros_like(d_lo)])
+    lower = _vertex_lines(lambda z: np.minimum(z, 0.0), d_lo, d_hi, [np.zeros_like(d_lo)])
+    return Lines(lower.alpha_l, lower.beta_l, upper.alpha_u, upper.beta_u)
 
 
 def pick(coef: np.ndarray, lines: Lines) -> tuple[np.ndarray, np.ndarray]:

@@ -35,10 +35,18 @@ def analyse_leaf(job: tuple[Box, Analysis | None]) -> Analysis:
     return differential_analysis(_NET, box, parent)
 
 
-def choose_split(net: MergedNet, box: Box) -> tuple[int, float]:
-    """Split the longest side (absolute); when it spans few int8 input cells, cut on a cell edge
-    so that the children's quantized inputs become exact."""
-    dim = int(np.argmax(box.width))
+SPLIT_RULE = "longest"
+
+
+def choose_split(net: MergedNet, box: Box, analysis: Analysis | None = None) -> tuple[int, float]:
+    """Split the input through which most of the worst output bound flows (|coefficient| x
+    width), or the longest side; when it spans few int8 input cells, cut on a cell edge so that
+    the children's quantized inputs become exact."""
+    if SPLIT_RULE == "sensitivity" and analysis is not None and analysis.sensitivity is not None \
+            and analysis.sensitivity.max() > 0:
+        dim = int(np.argmax(analysis.sensitivity))
+    else:
+        dim = int(np.argmax(box.width))
     lo, hi = box.low[dim], box.high[dim]
     mid = (lo + hi) / 2
     s = net.input_scale
@@ -64,9 +72,12 @@ class SplitResult:
 def split_search(
     net: MergedNet, box: Box, *, time_limit: float, target: Callable[[np.ndarray], bool], workers: int = 1,
     executor: Executor | None = None, max_leaves: int = 200_000, progress: Callable[[str], None] | None = None,
-    root: Analysis | None = None,
+    root: Analysis | None = None, probe: Callable[[np.ndarray], None] | None = None,
 ) -> SplitResult:
-    """Refine the worst leaf until `target(upper)` holds, the time runs out, or leaves run out."""
+    """Refine the worst leaf until `target(upper)` holds, the time runs out, or leaves run out.
+
+    `probe`, if given, is called with the centres of every new pair of boxes: the caller's
+    falsifier looks for witnesses exactly where the bound is still high."""
     t0 = time.monotonic()
     _init_worker(net)
     if root is None:
@@ -85,7 +96,7 @@ def split_search(
             batch = [heapq.heappop(heap) for _ in range(min(len(heap), max(1, 2 * workers)))]
             jobs = []
             for _, _, b, a in batch:
-                dim, at = choose_split(net, b)
+                dim, at = choose_split(net, b, a)
                 if not b.low[dim] < at < b.high[dim]:
                     heapq.heappush(heap, (-float(a.upper.max()), next(counter), b, a))  # cannot split further
                     continue
@@ -98,6 +109,8 @@ def split_search(
             results = list(executor.map(analyse_leaf, jobs)) if executor is not None else [analyse_leaf(j) for j in jobs]
             for (b, _), a in zip(jobs, results):
                 heapq.heappush(heap, (-float(a.upper.max()), next(counter), b, a))
+            if probe is not None:
+                probe(np.stack([b.center for b, _ in jobs]))
             if progress and time.monotonic() - last_report > 2.0:
                 last_report = time.monotonic()
                 progress(f"split: {len(heap)} boxes, bound {upper[0].max():.6g}")

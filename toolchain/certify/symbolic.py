@@ -13,7 +13,7 @@ shared part cancels symbolically instead of being bounded twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +37,48 @@ class NodeBounds:
     uh: np.ndarray
     dl: np.ndarray
     dh: np.ndarray
+    exact: np.ndarray | None = None  # quantized output known exactly over the box (one integer)
+    _lines: tuple | None = field(default=None, repr=False)  # relaxations, once the ranges are final
+
+    def relaxations(self, node: Node) -> tuple[relax.Lines, relax.Lines, relax.Lines, relax.Lines]:
+        """Lines for y = f(p), ŷ = g(u), A = f(p) - f(u) (in delta) and B = f(u) - g(u) (in u).
+
+        A is exactly delta where p and u both stay in f's identity piece, exactly 0 where both stay
+        in one flat piece, else between min(0, delta) and max(0, delta) (f is monotone, 1-Lipschitz)."""
+        if self._lines is None:
+            lines_y = relax.clamp_lines(self.pl, self.ph, node.f_lo, node.f_hi)
+            lines_q = relax.clamp_lines(self.ul, self.uh, node.q_lo, node.q_hi)
+            lo_all, hi_all = np.minimum(self.pl, self.ul), np.maximum(self.ph, self.uh)
+            ident = (lo_all >= node.f_lo) & (hi_all <= node.f_hi)
+            flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
+            la = relax.lipschitz_difference_lines(self.dl, self.dh)
+            one, zero = np.ones_like(self.dl), np.zeros_like(self.dl)
+            lines_a = relax.Lines(
+                np.where(ident, one, np.where(flat, zero, la.alpha_l)),
+                np.where(ident | flat, zero, la.beta_l),
+                np.where(ident, one, np.where(flat, zero, la.alpha_u)),
+                np.where(ident | flat, zero, la.beta_u),
+            )
+            lines_b = relax.difference_of_clamps_lines(self.ul, self.uh, node.f_lo, node.f_hi, node.q_lo, node.q_hi)
+            self._lines = (lines_y, lines_q, lines_a, lines_b)
+        return self._lines
+
+    def snap_to_grid(self, node: Node) -> None:
+        """The rounded value is an integer k (in LSBs, u = s k) within rho = noise / s of the
+        noise-free value v = u -/+ noise: only the integers in [v_lo/s - rho, v_hi/s + rho] are
+        possible. Where that is a single integer the device's value is known exactly, and the
+        rounding term stops accumulating through the layers that follow."""
+        s = node.scale
+        rho = node.noise / s
+        with np.errstate(invalid="ignore"):
+            kmin = np.ceil((self.ul + node.noise) / s - rho - 1e-9)
+            kmax = np.floor((self.uh - node.noise) / s + rho + 1e-9)
+        ok = np.isfinite(kmin) & np.isfinite(kmax) & (kmin <= kmax)
+        self.ul = np.where(ok, np.maximum(self.ul, s * kmin), self.ul)
+        self.uh = np.where(ok, np.minimum(self.uh, s * kmax), self.uh)
+        self.exact = ok & (kmin == kmax)
+        self.dl = np.maximum(self.dl, self.pl - self.uh)
+        self.dh = np.minimum(self.dh, self.ph - self.ul)
 
     def y(self, node: Node) -> tuple[np.ndarray, np.ndarray]:
         return relax.clamp(self.pl, node.f_lo, node.f_hi), relax.clamp(self.ph, node.f_lo, node.f_hi)
@@ -47,7 +89,9 @@ class NodeBounds:
     def tighten(self, other: NodeBounds) -> None:
         self.pl, self.ph = np.maximum(self.pl, other.pl), np.minimum(self.ph, other.ph)
         self.ul, self.uh = np.maximum(self.ul, other.ul), np.minimum(self.uh, other.uh)
-        self.dl, self.dh = np.maximum(self.dl, other.dl), np.minimum(self.dh, other.dh)
+        # delta = p - u also lies in [pl - uh, ph - ul] of the ranges just tightened.
+        self.dl = np.maximum(np.maximum(self.dl, other.dl), self.pl - self.uh)
+        self.dh = np.minimum(np.minimum(self.dh, other.dh), self.ph - self.ul)
 
 
 @dataclass(frozen=True)
@@ -58,6 +102,9 @@ class Analysis:
     err_low: np.ndarray  # per output: certified lower end of y_k - ŷ_k
     err_high: np.ndarray
     bounds: list[NodeBounds]
+    # Per input: how much of the worst output bound comes through that input (|coefficient| x
+    # width); guides the next split.
+    sensitivity: np.ndarray | None = None
 
 
 def _interval_affine(mats, c, los, his) -> tuple[np.ndarray, np.ndarray]:
@@ -127,30 +174,24 @@ def _relax_node(node: Node, b: NodeBounds, Lf: np.ndarray, Lq: np.ndarray) -> tu
     """Replace Lf·y + Lq·ŷ at a node by P·p + U·u + const (an upper bound, row by row)."""
     if node.linear_only:
         return Lf, Lq, np.zeros(Lf.shape[0])
+    const = np.zeros(Lf.shape[0])
+    if b.exact is not None and b.exact.any():
+        # ŷ is a constant on these elements: its term is a number, nothing flows further back.
+        value = relax.clamp(b.ul, node.q_lo, node.q_hi)
+        const = const + Lq[:, b.exact] @ value[b.exact]
+        Lq = np.where(b.exact[None, :], 0.0, Lq)
     diff = (Lf * Lq) < 0
     a = np.where(diff, Lf + Lq, Lf)  # on y
     bq = np.where(diff, 0.0, Lq)  # on ŷ
     c = np.where(diff, -Lq, 0.0)  # on d = y - ŷ
-    coef_p, k1 = relax.pick(a, relax.clamp_lines(b.pl, b.ph, node.f_lo, node.f_hi))
-    coef_u, k2 = relax.pick(bq, relax.clamp_lines(b.ul, b.uh, node.q_lo, node.q_hi))
-    const = k1 + k2
+    lines_y, lines_q, lines_a, lines_b = b.relaxations(node)
+    coef_p, k1 = relax.pick(a, lines_y)
+    coef_u, k2 = relax.pick(bq, lines_q)
+    const = const + k1 + k2
     if diff.any():
-        # d = A(delta) + B(u). A = f(p) - f(u) is exactly delta (both sides in f's identity piece),
-        # exactly 0 (both in the same flat piece), else within [min(0, delta), max(0, delta)].
-        lo_all = np.minimum(b.pl, b.ul)
-        hi_all = np.maximum(b.ph, b.uh)
-        ident = (lo_all >= node.f_lo) & (hi_all <= node.f_hi)
-        flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
-        lines_a = relax.lipschitz_difference_lines(b.dl, b.dh)
-        one, zero = np.ones_like(b.dl), np.zeros_like(b.dl)
-        lines_a = relax.Lines(
-            np.where(ident, one, np.where(flat, zero, lines_a.alpha_l)),
-            np.where(ident | flat, zero, lines_a.beta_l),
-            np.where(ident, one, np.where(flat, zero, lines_a.alpha_u)),
-            np.where(ident | flat, zero, lines_a.beta_u),
-        )
+        # d = y - ŷ = A(delta) + B(u): the shared part through delta, saturation through u.
         coef_d, k3 = relax.pick(c, lines_a)
-        coef_b, k4 = relax.pick(c, relax.difference_of_clamps_lines(b.ul, b.uh, node.f_lo, node.f_hi, node.q_lo, node.q_hi))
+        coef_b, k4 = relax.pick(c, lines_b)
         coef_p = coef_p + coef_d
         coef_u = coef_u - coef_d + coef_b
         const = const + k3 + k4
@@ -158,7 +199,8 @@ def _relax_node(node: Node, b: NodeBounds, Lf: np.ndarray, Lq: np.ndarray) -> tu
 
 
 def _back_substitute(
-    net: MergedNet, start: int, P: np.ndarray, U: np.ndarray, const: np.ndarray, bounds: list[NodeBounds], box: Box
+    net: MergedNet, start: int, P: np.ndarray, U: np.ndarray, const: np.ndarray, bounds: list[NodeBounds], box: Box,
+    coefficients: list | None = None,
 ) -> np.ndarray:
     """Upper bounds of P·p_start + U·u_start + const over the box, pushed back to the input."""
     R = P.shape[0]
@@ -184,6 +226,8 @@ def _back_substitute(
             const += Ut[:, exact] @ value[exact]
             G = Pt + np.where(exact[None, :], 0.0, Ut)
             center, radius = (box.low + box.high) / 2, (box.high - box.low) / 2
+            if coefficients is not None:
+                coefficients.append(G)
             return const + G @ center + np.abs(G) @ radius
         for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q):
             lf, lq = _rmul(Pt, Af), _rmul(Ut, Aq)
@@ -222,6 +266,8 @@ def differential_analysis(net: MergedNet, box: Box, parent: Analysis | None = No
                     part.pl, part.ph, part.ul, part.uh, part.dl, part.dh)
         if parent is not None:
             nb.tighten(parent.bounds[t])
+        if t > 0 and not node.linear_only:
+            nb.snap_to_grid(node)
         bounds.append(nb)
     # Output: y_K - ŷ_K, both signs.
     K = net.output
@@ -230,13 +276,16 @@ def differential_analysis(net: MergedNet, box: Box, parent: Analysis | None = No
     Lf = np.vstack([I, -I])
     Lq = np.vstack([-I, I])
     Pk, Uk, k0 = _relax_node(net.nodes[K], bounds[K], Lf, Lq)
-    up = _back_substitute(net, K, Pk, Uk, k0, bounds, box)
+    coefs: list = []
+    up = _back_substitute(net, K, Pk, Uk, k0, bounds, box, coefs)
+    worst_row = int(np.argmax(up))
+    sensitivity = np.abs(coefs[0][worst_row]) * box.width if coefs else None
     hi, lo = up[:n], -up[n:]
     ref_lo, ref_hi = output_range(net, bounds)
     hi, lo = np.minimum(hi, ref_hi), np.maximum(lo, ref_lo)
     if parent is not None:
         hi, lo = np.minimum(hi, parent.err_high), np.maximum(lo, parent.err_low)
-    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
+    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds, sensitivity)
 
 
 def output_range(net: MergedNet, bounds: list[NodeBounds]) -> tuple[np.ndarray, np.ndarray]:
