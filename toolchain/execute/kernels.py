@@ -302,8 +302,20 @@ def _both_int8(*xs) -> bool:
 
 
 def _lookup_pair(table: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
-    idx = x1.view(np.uint8).astype(np.intp) << 8
-    return table.take(idx + x2.view(np.uint8))
+    """table[u1 * 256 + u2] over the broadcast shape, in cache-sized chunks of uint16 indices."""
+    shape = np.broadcast_shapes(x1.shape, x2.shape)
+    u1 = np.ascontiguousarray(np.broadcast_to(x1, shape)).view(np.uint8).reshape(-1)
+    u2 = np.ascontiguousarray(np.broadcast_to(x2, shape)).view(np.uint8).reshape(-1)
+    out = np.empty(u1.size, dtype=np.int8)
+    step = _CHUNK_ELEMS
+    idx = np.empty(min(step, u1.size), dtype=np.uint16)
+    for i in range(0, u1.size, step):
+        n = min(step, u1.size - i)
+        ii = idx[:n]
+        np.left_shift(u1[i : i + n], 8, out=ii, dtype=np.uint16)
+        ii |= u2[i : i + n]
+        table.take(ii, out=out[i : i + n])
+    return out.reshape(shape)
 
 
 def _add_recipe(x1: np.ndarray, x2: np.ndarray, p: P.Add, rounding: Rounding) -> np.ndarray:
