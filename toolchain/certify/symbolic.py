@@ -40,11 +40,13 @@ class NodeBounds:
     exact: np.ndarray | None = None  # quantized output known exactly over the box (one integer)
     _lines: tuple | None = field(default=None, repr=False)  # relaxations, once the ranges are final
 
-    def relaxations(self, node: Node) -> tuple[relax.Lines, relax.Lines, relax.Lines, relax.Lines]:
-        """Lines for y = f(p), ŷ = g(u), A = f(p) - f(u) (in delta) and B = f(u) - g(u) (in u).
+    def relaxations(self, node: Node) -> tuple[relax.Lines, relax.Lines, tuple, relax.Lines]:
+        """Lines for y = f(p), ŷ = g(u), A = f(p) - f(u) and B = f(u) - g(u) (in u).
 
-        A is exactly delta where p and u both stay in f's identity piece, exactly 0 where both stay
-        in one flat piece, else between min(0, delta) and max(0, delta) (f is monotone, 1-Lipschitz)."""
+        A is bounded in (p, u) as rows (coef_p, coef_u, const) for below and above: through delta =
+        p - u (f is monotone and 1-Lipschitz: A between min(0, delta) and max(0, delta); exactly
+        delta or 0 where p and u share one piece of f), or, where that is tighter over the box,
+        with each side relaxed on its own."""
         if self._lines is None:
             lines_y = relax.clamp_lines(self.pl, self.ph, node.f_lo, node.f_hi)
             lines_q = relax.clamp_lines(self.ul, self.uh, node.q_lo, node.q_hi)
@@ -53,11 +55,30 @@ class NodeBounds:
             flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
             la = relax.lipschitz_difference_lines(self.dl, self.dh)
             one, zero = np.ones_like(self.dl), np.zeros_like(self.dl)
-            lines_a = relax.Lines(
-                np.where(ident, one, np.where(flat, zero, la.alpha_l)),
-                np.where(ident | flat, zero, la.beta_l),
-                np.where(ident, one, np.where(flat, zero, la.alpha_u)),
-                np.where(ident | flat, zero, la.beta_u),
+            al = np.where(ident, one, np.where(flat, zero, la.alpha_l))
+            bl = np.where(ident | flat, zero, la.beta_l)
+            au = np.where(ident, one, np.where(flat, zero, la.alpha_u))
+            bu = np.where(ident | flat, zero, la.beta_u)
+            # Alternative: both sides relaxed on their own, A <= f(p)^ - f(u)_ and A >= f(p)_ - f(u)^,
+            # taken where its extreme value over the box is tighter than the delta line's.
+            lines_fu = relax.clamp_lines(self.ul, self.uh, node.f_lo, node.f_hi)
+
+            def extreme(alpha, beta, lo, hi, fn):
+                return fn(alpha * lo, alpha * hi) + beta
+
+            up_delta = extreme(au, bu, self.dl, self.dh, np.maximum)
+            lo_delta = extreme(al, bl, self.dl, self.dh, np.minimum)
+            up_sep = (extreme(lines_y.alpha_u, lines_y.beta_u, self.pl, self.ph, np.maximum)
+                      - extreme(lines_fu.alpha_l, lines_fu.beta_l, self.ul, self.uh, np.minimum))
+            lo_sep = (extreme(lines_y.alpha_l, lines_y.beta_l, self.pl, self.ph, np.minimum)
+                      - extreme(lines_fu.alpha_u, lines_fu.beta_u, self.ul, self.uh, np.maximum))
+            use_up = (up_sep < up_delta) & ~ident & ~flat
+            use_lo = (lo_sep > lo_delta) & ~ident & ~flat
+            lines_a = (
+                np.where(use_lo, lines_y.alpha_l, al), np.where(use_lo, -lines_fu.alpha_u, -al),
+                np.where(use_lo, lines_y.beta_l - lines_fu.beta_u, bl),
+                np.where(use_up, lines_y.alpha_u, au), np.where(use_up, -lines_fu.alpha_l, -au),
+                np.where(use_up, lines_y.beta_u - lines_fu.beta_l, bu),
             )
             lines_b = relax.difference_of_clamps_lines(self.ul, self.uh, node.f_lo, node.f_hi, node.q_lo, node.q_hi)
             self._lines = (lines_y, lines_q, lines_a, lines_b)
@@ -190,11 +211,12 @@ def _relax_node(node: Node, b: NodeBounds, Lf: np.ndarray, Lq: np.ndarray) -> tu
     const = const + k1 + k2
     if diff.any():
         # d = y - ŷ = A(delta) + B(u): the shared part through delta, saturation through u.
-        coef_d, k3 = relax.pick(c, lines_a)
+        lp, lu, lb, up, uu, ub = lines_a
+        pos = c >= 0
         coef_b, k4 = relax.pick(c, lines_b)
-        coef_p = coef_p + coef_d
-        coef_u = coef_u - coef_d + coef_b
-        const = const + k3 + k4
+        coef_p = coef_p + c * np.where(pos, up, lp)
+        coef_u = coef_u + c * np.where(pos, uu, lu) + coef_b
+        const = const + (c * np.where(pos, ub, lb)).sum(axis=1) + k4
     return coef_p, coef_u, const
 
 
