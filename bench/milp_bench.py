@@ -87,9 +87,15 @@ def main() -> None:
             inc = float(np.max(res.incumbent))
             lo = float(found.lower.max())
             gap = float(np.max(res.gap))
-            st = sorted(set(s.split(":")[0][:30] for s in res.status))
+            counts: dict[str, int] = {}
+            for s in res.status:
+                phase = "int" if "integer" in s else "rel" if "relaxed" in s else "diff"
+                what = "opt" if "Optimal" in s else "cut" if "cutoff" in s else "time" if "Time" in s else \
+                    "diff" if "differential" in s else "other"
+                counts[f"{phase}:{what}"] = counts.get(f"{phase}:{what}", 0) + 1
+            st = [f"{k}x{v}" for k, v in sorted(counts.items())] + [f"lsb={net.nodes[net.output].scale:.3g}"]
             print(f"{sum(hidden):5d} {w:6.2f} {float(a.upper.max()):12.5g} {up:10.5g} {inc:10.5g} {lo:10.5g} "
-                  f"{up / lo if lo > 0 else float('inf'):6.2f} {gap:7.2%} {sec:8.1f}  {'; '.join(st)}", flush=True)
+                  f"{up / lo if lo > 0 else float('inf'):6.2f} {gap:7.2%} {sec:8.1f}  {' '.join(st)}", flush=True)
             assert np.all(res.upper >= found.lower), "soundness violation: witness above the MILP bound"
 
 

@@ -555,12 +555,15 @@ def milp_bounds(
     for k in range(n_out):
         sides = []
         for sign in (1.0, -1.0):
-            b = bound.get((k, sign))
-            if b is None or not np.isfinite(b):
-                # No dual bound at all: the differential engine's bound for this sign.
-                b = (analysis.err_high[k] if sign > 0 else -analysis.err_low[k]) / s_K
-                status.append(f"out {k} {'max' if sign > 0 else 'min'}: differential bound used")
-            sides.append(b)
+            b = bound.get((k, sign), np.inf)
+            # The differential engine's bound for this sign is sound too: keep the smaller (it is
+            # all there is when no run produced a finite dual bound, e.g. a tiny time limit).
+            diff = (analysis.err_high[k] if sign > 0 else -analysis.err_low[k]) / s_K
+            if not diff < b:
+                sides.append(b)
+                continue
+            sides.append(diff)
+            status.append(f"out {k} {'max' if sign > 0 else 'min'}: differential bound used")
         u_real = max(max(sides), 0.0) * s_K
         margin = max(MILP_ABS_MARGIN, MILP_LSB_MARGIN * s_K) + MILP_REL_MARGIN * abs(u_real)
         upper[k] = u_real + margin
