@@ -132,6 +132,7 @@ CONV_CASES = [
     (False, 5, 6, 3, (2, 2), (1, 1), (0, 1), (10, 9), False),
     (False, 4, 4, 3, (1, 1), (2, 2), (2, 2), (8, 8), False),
     (False, 4, 3, 1, (2, 2), (1, 1), (0, 0), (7, 7), False),
+    (False, 3, 5, 3, (1, 1), (1, 1), (0, 0), (10, 10), False),  # VALID, whole tiles: no padded copy
     (False, 64, 5, 3, (1, 1), (1, 1), (1, 1), (5, 5), True),  # 576 taps of 127 * 255: float64
     (True, 3, 1, 3, (1, 1), (1, 1), (1, 1), (8, 8), False),
     (True, 3, 2, 3, (2, 2), (1, 1), (1, 0), (9, 8), False),
@@ -163,6 +164,7 @@ def test_conv_fast_path_equals_int64_reference(case, rounding: str) -> None:
     x[1] = 127
     got = K.conv(x, p, rounding)
     assert got.dtype == np.int8
+    assert np.array_equal(K.conv(np.asfortranarray(x), p, rounding), got)  # any memory layout
     assert np.array_equal(got.reshape(37, oh, ow, n_out), _ref_conv(x.reshape(37, h, w, c_in), p, rounding))
 
 

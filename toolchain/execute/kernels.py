@@ -81,12 +81,6 @@ class _Out:
         out[...] = y
 
 
-def _requantize(acc: np.ndarray, r: P.Requant, rounding: Rounding) -> np.ndarray:
-    """acc -> MBQM per channel (last axis) + output offset, clamped to the activation range."""
-    y = multiply_by_quantized_multiplier(acc, r.multiplier, r.shift, rounding) + r.output_offset
-    return np.clip(y, r.act_min, r.act_max).astype(np.int8)
-
-
 def _batch_step(batch: int, per_item: int) -> int:
     return max(1, min(batch, _CHUNK_ELEMS // max(1, per_item)))
 
@@ -183,7 +177,7 @@ def _padded(x: np.ndarray, offset, dtype, pad_hw, need_hw, fill=0) -> np.ndarray
     hp = max(need_hw[0], top + h)
     wp = max(need_hw[1], left + w)
     if top == 0 and left == 0 and hp == h and wp == w:
-        xp = x.astype(dtype)
+        xp = x.astype(dtype, order="C")  # _band_acc reads rows as contiguous runs
         if offset:
             xp += offset
         return xp
