@@ -57,10 +57,11 @@ def bench_case(case: str, float_path: Path, int8_path: Path, boxes: list[Box], e
             row(case, engine, float(up.max()), lower, time.monotonic() - t)
 
 
-def executor_speed(path: Path, batch: int = 256, label: str | None = None, repeats: int = 3) -> float:
+def executor_speed(path: Path, batch: int = 256, label: str | None = None, repeats: int = 5) -> float:
     """Seconds for one batch through the numpy executor and through the tflite-micro interpreter
-    (one Invoke per input), each the best of `repeats` (the machine may be shared); prints the ratio.
-    Outputs must agree: a fast wrong executor is no use."""
+    (one Invoke per input), each the best of `repeats` interleaved runs (the machine may be shared;
+    the executor's first run also builds its per-op constants, as TFLM's Prepare does before
+    Invoke); prints the ratio. Outputs must agree: a fast wrong executor is no use."""
     from toolchain.bitexact import random_inputs
 
     g = reader.read_model(path)
