@@ -195,3 +195,18 @@ def test_top1_decision(tiny_nets):
     if d["refuted"]:
         ce = np.array(d["counterexample"])
         assert np.argmax(net.forward_float(ce[None])[net.output][0]) == d["float_class"]
+
+
+@pytest.mark.tf
+def test_saturating_layers_are_named(zoo):
+    """A model calibrated on [-0.05, 0.05] and certified on [-0.5, 0.5] saturates: the certificate
+    names the layers and channels, and marks those a real input drives past the int8 range."""
+    z = zoo["mlp_saturation"]
+    fg, qg = reader.read_model(z.float_tflite), reader.read_model(z.int8_tflite)
+    n = int(np.prod(qg.input.shape))
+    box = Box(np.full(n, -0.5), np.full(n, 0.5))
+    cert = certify(fg, qg, "cortex-m4", [box], budget=100.0, method="split", time_limit=5, samples=500)
+    sats = cert.regions[0].saturations
+    assert sats, "no saturating channel reported"
+    assert all(s.float_high > s.int8_high or s.float_low < s.int8_low for s in sats)
+    assert any(s.witnessed for s in sats)

@@ -403,7 +403,8 @@ def certificate_checks(cert: Certificate, config: Config) -> list[Check]:
     msg = (f"{cert.verdict}: |float − int8| ≤ {upper:.6g} certified ({cert.method}), witnessed {lower:.6g}, "
            f"budget {budget:.6g}")
     if worst:
-        msg += f"; outputs over budget: {worst}"
+        shown = ", ".join(str(k) for k in worst[:8]) + (", …" if len(worst) > 8 else "")
+        msg += f"; {len(worst)} of {len(cert.outputs)} outputs over budget ({shown})"
     checks = [Check("certify", cert.verdict == VERDICT_PASS, msg,
                     {"bound": cert.bound, "lower": lower, "verdict": cert.verdict, "method": cert.method,
                      "certified_tensor": cert.certified_tensor})]

@@ -125,6 +125,7 @@ def certify_region(
     say(f"witnessed error {found.lower.max():.6g}; bounding with {method}")
     budget_arr = np.asarray(budgets)
     leaves = 1
+    ranges = None
     analysis = symbolic.interval_analysis(net, box) if method == "interval" else symbolic.differential_analysis(net, box)
     upper = analysis.upper
     if method == "milp":
@@ -158,6 +159,7 @@ def certify_region(
                                      root=analysis, probe=probe)
             upper = np.minimum(upper, res.upper)
             leaves = res.leaves
+            ranges = res.float_ranges
         found = F.Found(lower, inputs, found.errors_sampled)
     upper = with_margin(upper)
     # A witnessed error above a certified bound is a bug in qassure: stop, emit nothing.
@@ -184,19 +186,22 @@ def certify_region(
         method=method,
         seconds=round(time.monotonic() - t0, 3),
         leaves=leaves,
-        saturations=saturations(net, pg, box, analysis, found),
+        saturations=saturations(net, ranges or [(b.pl, b.ph) for b in analysis.bounds], found),
         decision=top1,
     )
 
 
-def saturations(net: MergedNet, pg: PreparedGraph, box: Box, analysis, found: F.Found, limit: int = 20) -> list[Saturation]:
-    """Channels whose certified float range exceeds what their int8 tensor can represent."""
+def saturations(
+    net: MergedNet, ranges: list[tuple[np.ndarray, np.ndarray]], found: F.Found, limit: int = 20
+) -> list[Saturation]:
+    """Channels whose certified float range (pre-activation ranges per node, tightest available:
+    the union over the final boxes of a split) exceeds what their int8 tensor can represent."""
     out: list[Saturation] = []
     for t, node in enumerate(net.nodes):
         if t == 0 or node.linear_only:
             continue
-        b = analysis.bounds[t]
-        yl, yh = b.y(node)
+        pl, ph = ranges[t]
+        yl, yh = np.clip(pl, node.f_lo, node.f_hi), np.clip(ph, node.f_lo, node.f_hi)
         excess = np.maximum(yh - node.q_hi, 0) + np.maximum(node.q_lo - yl, 0)
         for ch in np.argsort(-excess)[: limit]:
             if excess[ch] <= 0.5 * node.scale:

@@ -67,6 +67,7 @@ class SplitResult:
     leaves: int
     worst_box: Box
     seconds: float
+    float_ranges: list[tuple[np.ndarray, np.ndarray]]  # per node: union over leaves of [p_lo, p_hi]
 
 
 def split_search(
@@ -119,7 +120,12 @@ def split_search(
             own_pool.shutdown(cancel_futures=True)
     up, lo, hi = _combined(heap)
     worst = min(heap)[2]
-    return SplitResult(up, lo, hi, len(heap), worst, time.monotonic() - t0)
+    analyses = [a for *_, a in heap]
+    ranges = [
+        (np.min([a.bounds[t].pl for a in analyses], axis=0), np.max([a.bounds[t].ph for a in analyses], axis=0))
+        for t in range(len(net.nodes))
+    ]
+    return SplitResult(up, lo, hi, len(heap), worst, time.monotonic() - t0, ranges)
 
 
 def _split_at(box: Box, dim: int, at: float) -> tuple[Box, Box]:
