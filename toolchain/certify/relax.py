@@ -92,7 +92,6 @@ def lipschitz_difference_lines(d_lo: np.ndarray, d_hi: np.ndarray) -> Lines:
 def pick(coef: np.ndarray, lines: Lines) -> tuple[np.ndarray, np.ndarray]:
     """For an objective term coef * h(z) to be bounded from above: (coef * alpha, coef * beta)
     using the upper line where coef >= 0 and the lower line elsewhere. coef is (R, n)."""
-    pos = coef >= 0
-    alpha = np.where(pos, lines.alpha_u, lines.alpha_l)
-    beta = np.where(pos, lines.beta_u, lines.beta_l)
-    return coef * alpha, (coef * beta).sum(axis=1)
+    pos = np.maximum(coef, 0.0)
+    neg = np.minimum(coef, 0.0)
+    return pos * lines.alpha_u + neg * lines.alpha_l, pos @ lines.beta_u + neg @ lines.beta_l
