@@ -131,7 +131,8 @@ def certify_region(
     if method == "milp":
         from toolchain.certify import milp
 
-        res = milp.milp_bounds(net, box, analysis, time_limit=time_limit)
+        res = milp.milp_bounds(net, box, analysis, time_limit=max(1.0, time_limit - (time.monotonic() - t0)),
+                               witness=found)
         upper = np.minimum(upper, res.upper)
     elif method in ("split", "auto"):
         from toolchain.certify import split
