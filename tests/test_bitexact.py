@@ -105,3 +105,21 @@ def test_first_differing_op_is_named(zoo: dict, m4, monkeypatch) -> None:
     r = check_bitexact(zoo["mlp_fused"].int8_tflite, m4, samples=16)
     assert not r.ok and r.first_difference is not None
     assert (r.first_difference.op_index, r.first_difference.opcode) == (0, "FULLY_CONNECTED")
+
+
+@pytest.mark.tf
+def test_float_io_model_quantize_and_dequantize_ops_bitexact(tmp_path: Path, m4) -> None:
+    """int8 inside, float at the edges: QUANTIZE (AffineQuantize, roundf in float32) first and
+    DEQUANTIZE last, as the converter emits without int8 I/O."""
+    import keras
+
+    from toolchain.quantize import quantize_keras_model, sample_region
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    res = quantize_keras_model(model, sample_region(np.full(6, -1.0), np.full(6, 1.0), 64, 0), tmp_path,
+                               int8_io=False)
+    ops = [op.opcode for op in reader.read_model(res.int8_tflite).operators]
+    assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"
+    report = check_bitexact(res.int8_tflite, m4, samples=200, seed=4)
+    assert report.exact == report.samples == 200
