@@ -111,6 +111,10 @@ def test_exhaustive_int8_inputs(tiny_nets, seed):
     assert np.all(with_margin(analysis.upper) >= exact)
     sr = split.split_search(net, box, time_limit=5.0, target=lambda u: False, max_leaves=64)
     assert np.all(with_margin(sr.upper) >= exact)
+    # The exact engine on small leaves (every box two splits deep gets a MILP pass).
+    sm = split.split_search(net, box, time_limit=8.0, target=lambda u: False, max_leaves=16, milp_depth=2,
+                            milp_seconds=1.0)
+    assert np.all(with_margin(sm.upper) >= exact)
     m = milp.milp_bounds(net, box, analysis, time_limit=30.0)
     assert np.all(m.upper >= exact), (m.upper, exact)
     # Exact up to the stated margins: the solver tolerance margin, plus the slack of modelling

@@ -156,8 +156,14 @@ def certify_region(
 
         if not done(upper):
             remaining = max(0.0, time_limit - (time.monotonic() - t0))
+            # Small networks: boxes about three halvings deep per input get one MILP pass (the
+            # exact engine on small leaves), a few seconds each.
+            from toolchain.certify.milp import MAX_NEURONS
+
+            small = sum(n.size for n in net.nodes[1:]) <= MAX_NEURONS
             res = split.split_search(net, box, time_limit=remaining, target=done, workers=workers, progress=say,
-                                     root=analysis, probe=probe)
+                                     root=analysis, probe=probe, milp_depth=3 * net.n_inputs if small else None,
+                                     milp_seconds=min(3.0, max(0.5, remaining / 20)))
             upper = np.minimum(upper, res.upper)
             leaves = res.leaves
             ranges = res.float_ranges

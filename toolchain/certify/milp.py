@@ -393,7 +393,10 @@ def _highs(enc: Encoding, threads: int | None, verbose: bool):
     A = m.csc()
     A.sum_duplicates()
     A.eliminate_zeros()
-    h = highspy.Highs()
+    from toolchain.oracle import quiet_fds
+
+    with quiet_fds():  # HiGHS prints a banner on fd 1 when constructed, whatever its options
+        h = highspy.Highs()
     h.setOptionValue("output_flag", bool(verbose))
     lp = highspy.HighsLp()
     lp.num_col_ = m.n_col

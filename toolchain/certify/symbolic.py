@@ -123,9 +123,6 @@ class Analysis:
     err_low: np.ndarray  # per output: certified lower end of y_k - ŷ_k
     err_high: np.ndarray
     bounds: list[NodeBounds]
-    # Per input: how much of the worst output bound comes through that input (|coefficient| x
-    # width); guides the next split.
-    sensitivity: np.ndarray | None = None
 
 
 def _interval_affine(mats, c, los, his) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +219,6 @@ def _relax_node(node: Node, b: NodeBounds, Lf: np.ndarray, Lq: np.ndarray) -> tu
 
 def _back_substitute(
     net: MergedNet, start: int, P: np.ndarray, U: np.ndarray, const: np.ndarray, bounds: list[NodeBounds], box: Box,
-    coefficients: list | None = None,
 ) -> np.ndarray:
     """Upper bounds of P·p_start + U·u_start + const over the box, pushed back to the input."""
     R = P.shape[0]
@@ -248,8 +244,6 @@ def _back_substitute(
             const += Ut[:, exact] @ value[exact]
             G = Pt + np.where(exact[None, :], 0.0, Ut)
             center, radius = (box.low + box.high) / 2, (box.high - box.low) / 2
-            if coefficients is not None:
-                coefficients.append(G)
             return const + G @ center + np.abs(G) @ radius
         for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q):
             lf, lq = _rmul(Pt, Af), _rmul(Ut, Aq)
@@ -298,16 +292,13 @@ def differential_analysis(net: MergedNet, box: Box, parent: Analysis | None = No
     Lf = np.vstack([I, -I])
     Lq = np.vstack([-I, I])
     Pk, Uk, k0 = _relax_node(net.nodes[K], bounds[K], Lf, Lq)
-    coefs: list = []
-    up = _back_substitute(net, K, Pk, Uk, k0, bounds, box, coefs)
-    worst_row = int(np.argmax(up))
-    sensitivity = np.abs(coefs[0][worst_row]) * box.width if coefs else None
+    up = _back_substitute(net, K, Pk, Uk, k0, bounds, box)
     hi, lo = up[:n], -up[n:]
     ref_lo, ref_hi = output_range(net, bounds)
     hi, lo = np.minimum(hi, ref_hi), np.maximum(lo, ref_lo)
     if parent is not None:
         hi, lo = np.minimum(hi, parent.err_high), np.maximum(lo, parent.err_low)
-    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds, sensitivity)
+    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
 
 
 def output_range(net: MergedNet, bounds: list[NodeBounds]) -> tuple[np.ndarray, np.ndarray]:
