@@ -123,7 +123,6 @@ def certify_region(
     t0 = time.monotonic()
     found = F.falsify(net, pg, box, samples=samples, seed=seed, time_limit=max(1.0, 0.25 * time_limit))
     say(f"witnessed error {found.lower.max():.6g}; bounding with {method}")
-    budget_arr = np.asarray(budgets)
     leaves = 1
     ranges = None
     analysis = symbolic.interval_analysis(net, box) if method == "interval" else symbolic.differential_analysis(net, box)
@@ -135,39 +134,9 @@ def certify_region(
                                witness=found)
         upper = np.minimum(upper, res.upper)
     elif method in ("split", "auto"):
-        from toolchain.certify import split
-
-        lower, inputs = found.lower.copy(), found.inputs.copy()
-
-        def probe(xs: np.ndarray) -> None:
-            # Witnesses at the centres of the boxes the search refines (where bounds are highest).
-            if net.input_interface == "int8":
-                xs = F.snap_to_input_grid(net, xs, box)
-            e = np.abs(F.errors(net, pg, xs))
-            better = e.max(axis=0) > lower
-            for k in np.nonzero(better)[0]:
-                j = int(np.argmax(e[:, k]))
-                lower[k], inputs[k] = e[j, k], xs[j]
-
-        def done(u: np.ndarray) -> bool:
-            # Stop when the gate is decided (every output within budget) or the certificate is
-            # within TARGET_RATIO of the witness (bound = max over outputs, as reported).
-            return bool(np.all(u <= budget_arr) or u.max() <= TARGET_RATIO * lower.max())
-
-        if not done(upper):
-            remaining = max(0.0, time_limit - (time.monotonic() - t0))
-            # Small networks: boxes about three halvings deep per input get one MILP pass (the
-            # exact engine on small leaves), a few seconds each.
-            from toolchain.certify.milp import MAX_NEURONS
-
-            small = sum(n.size for n in net.nodes[1:]) <= MAX_NEURONS
-            res = split.split_search(net, box, time_limit=remaining, target=done, workers=workers, progress=say,
-                                     root=analysis, probe=probe, milp_depth=3 * net.n_inputs if small else None,
-                                     milp_seconds=min(3.0, max(0.5, remaining / 20)))
-            upper = np.minimum(upper, res.upper)
-            leaves = res.leaves
-            ranges = res.float_ranges
-        found = F.Found(lower, inputs, found.errors_sampled)
+        remaining = max(0.0, time_limit - (time.monotonic() - t0))
+        upper, leaves, ranges, found = _refine_by_splitting(
+            net, pg, box, analysis, found, np.asarray(budgets), remaining, workers, say)
     upper = with_margin(upper)
     # A witnessed error above a certified bound is a bug in qassure: stop, emit nothing.
     if np.any(found.lower > upper):
@@ -196,6 +165,41 @@ def certify_region(
         saturations=saturations(net, ranges or [(b.pl, b.ph) for b in analysis.bounds], found),
         decision=top1,
     )
+
+
+def _refine_by_splitting(
+    net: MergedNet, pg: PreparedGraph, box: Box, analysis, found: F.Found, budgets: np.ndarray,
+    time_limit: float, workers: int, say: Callable[[str], None],
+) -> tuple[np.ndarray, int, list | None, F.Found]:
+    """Branch and bound until the budget is decided or U <= TARGET_RATIO * L; witnesses are also
+    sought at the centres of the boxes being refined. Returns (upper, boxes, ranges, found)."""
+    from toolchain.certify import split
+    from toolchain.certify.milp import MAX_NEURONS
+
+    lower, inputs = found.lower.copy(), found.inputs.copy()
+
+    def probe(xs: np.ndarray) -> None:
+        if net.input_interface == "int8":
+            xs = F.snap_to_input_grid(net, xs, box)
+        e = np.abs(F.errors(net, pg, xs))
+        for k in np.nonzero(e.max(axis=0) > lower)[0]:
+            j = int(np.argmax(e[:, k]))
+            lower[k], inputs[k] = e[j, k], xs[j]
+
+    def done(u: np.ndarray) -> bool:
+        # The gate is decided (every output within budget), or the certificate is within
+        # TARGET_RATIO of the witness (bound = max over outputs, as reported).
+        return bool(np.all(u <= budgets) or u.max() <= TARGET_RATIO * lower.max())
+
+    if done(analysis.upper):
+        return analysis.upper, 1, None, found
+    # Small networks: boxes about three halvings deep per input get one MILP pass (the exact
+    # engine on small leaves), a few seconds each.
+    small = sum(n.size for n in net.nodes[1:]) <= MAX_NEURONS
+    res = split.split_search(net, box, time_limit=time_limit, target=done, workers=workers, progress=say,
+                             root=analysis, probe=probe, milp_depth=3 * net.n_inputs if small else None,
+                             milp_seconds=min(3.0, max(0.5, time_limit / 20)))
+    return np.minimum(analysis.upper, res.upper), res.leaves, res.float_ranges, F.Found(lower, inputs, found.errors_sampled)
 
 
 def saturations(
