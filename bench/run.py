@@ -57,6 +57,17 @@ def bench_case(case: str, float_path: Path, int8_path: Path, boxes: list[Box], e
             row(case, engine, float(up.max()), lower, time.monotonic() - t)
 
 
+def bench_auto(case: str, float_path: Path, int8_path: Path, box: Box, time_limit: float, workers: int = 2) -> None:
+    """The product's own path: `certify --method auto` (falsifier, differential, split with witness
+    probes and leaf MILP), as the gate runs it."""
+    from toolchain.certify import certify
+
+    t = time.monotonic()
+    cert = certify(reader.read_model(float_path), reader.read_model(int8_path), "cortex-m4", [box], budget=0.0,
+                   method="auto", time_limit=time_limit, workers=workers)
+    row(case, "auto", cert.bound, cert.witness.error, time.monotonic() - t)
+
+
 def executor_speed(path: Path, batch: int = 256, label: str | None = None, repeats: int = 5) -> float:
     """Seconds for one batch through the numpy executor and through the tflite-micro interpreter
     (one Invoke per input), each the best of `repeats` interleaved runs (the machine may be shared;
@@ -112,6 +123,7 @@ def main() -> None:
             box = Box([0.6, -0.5, -0.5, 0.45, -0.5], [0.6799, 0.5, 0.5, 0.5, -0.45])
             bench_case("acasxu_1_1 property-1", res.float_tflite, res.int8_tflite, [box],
                        ("interval", "differential", "split"), time_limit=60)
+            bench_auto("acasxu_1_1 property-1", res.float_tflite, res.int8_tflite, box, time_limit=60)
 
     if (SHARED / "ad01.h5").exists():
         print("== MLPerf Tiny autoencoder, L-inf balls radius 0.01 ==")
