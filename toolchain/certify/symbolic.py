@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from toolchain.certify import relax
 from toolchain.certify.region import Box
-from toolchain.merge import MergedNet, Node
+from toolchain.merge import INPUT_FLOAT_SLACK, MergedNet, Node
 
 # Rows of objectives pushed back at once; bounds a block's memory to rows x widest layer.
 _BLOCK = 4096
@@ -166,12 +166,13 @@ def interval_analysis(net: MergedNet, box: Box) -> Analysis:
 
 def exact_input(net: MergedNet, box: Box) -> tuple[np.ndarray, np.ndarray]:
     """Per input: does the box lie in one rounding cell of the input quantization, and the
-    dequantized value the device then sees. Cells are taken with a margin of 1e-6 LSB so that
-    float32 division at a cell's edge cannot move an input to the neighbouring cell."""
+    dequantized value the device then sees. Cells are taken with a margin of 2e-4 LSB so that
+    float32 rounding of the sensor value and of x / s at a cell's edge cannot move an input to the
+    neighbouring cell."""
     s = net.input_scale
     if net.input_interface == "int8":  # u_0 = x already holds exactly (noise 0)
         return np.zeros(box.low.size, dtype=bool), box.low
-    tol = 1e-6
+    tol = 2 * INPUT_FLOAT_SLACK
     k = [np.floor(v / s + 0.5 + d) for v in (box.low, box.high) for d in (-tol, tol)]
     exact = (k[0] == k[1]) & (k[1] == k[2]) & (k[2] == k[3]) & (np.abs(box.low) / s < 2**22)
     value = np.clip(s * k[0], net.nodes[0].q_lo, net.nodes[0].q_hi)
