@@ -214,3 +214,23 @@ def test_saturating_layers_are_named(zoo):
     assert sats, "no saturating channel reported"
     assert all(s.float_high > s.int8_high or s.float_low < s.int8_low for s in sats)
     assert any(s.witnessed for s in sats)
+
+
+@pytest.mark.tf
+def test_boxes_at_input_cell_edges(tiny_nets):
+    """Boxes hugging an input rounding edge s (k + 1/2): float32 rounding of the sensor value and of
+    x / s may put the device on either side; the bound must hold for both."""
+    res = tiny_nets[0]
+    fg, qg = reader.read_model(res.float_tflite), reader.read_model(res.int8_tflite)
+    pg = prepare.prepare(qg)
+    net = build(fg, pg, "float")
+    s = net.input_scale
+    rng = np.random.default_rng(5)
+    for k in rng.integers(-40, 40, size=6):
+        edge = s * (k + 0.5)
+        for lo, hi in ((edge - 1e-7 * s, edge), (edge, edge + 1e-7 * s), (edge - 1e-7 * s, edge + 1e-7 * s)):
+            box = Box(np.array([lo, 0.1]), np.array([hi, 0.1 + 1e-3]))
+            xs = np.vstack([box.sample(200, rng), box.corners(50, rng), [[np.nextafter(np.float32(edge), 0), 0.1]]])
+            xs = np.clip(xs, box.low, box.high)
+            seen = np.abs(falsify.errors(net, pg, xs)).max(axis=0)
+            assert np.all(with_margin(symbolic.differential_analysis(net, box).upper) >= seen)
