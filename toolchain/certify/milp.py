@@ -468,7 +468,6 @@ def milp_bounds(
     rel_gap: float = 1e-2,
     threads: int | None = None,
     exact_rounding: str = "auto",
-    goal: float | None = None,
     verbose: bool = False,
 ) -> MilpResult:
     """max and min of y_k - ŷ_k for every output k; sound bounds from the dual bound.
@@ -480,9 +479,6 @@ def milp_bounds(
     faster); "always" keeps them integer; "auto" first solves the relaxed model, then spends any
     time left on the integer one and keeps the smaller dual bound. The output layer's rounded
     value stays integer in every mode.
-    goal: an error level (real units) that is enough: sides whose differential bound is already
-    at most `goal` are not solved, and the others stop as soon as no point of the model exceeds
-    a cutoff just below it (the solver prunes against it; an infeasible run proves the cutoff).
     The time limit is shared by all solves (unused time passes on)."""
     import highspy
 
@@ -516,26 +512,15 @@ def milp_bounds(
     phases = {"never": [False], "always": [True], "auto": [False, True]}[exact_rounding]
     if not hidden_k.size:
         phases = [True]
-    active = {(k, sg) for k in range(n_out) for sg in (1.0, -1.0)}
-    goal_lsb = None
-    if goal is not None:
-        # Cutoff below the goal by more than the margin added at the end, so that a proven
-        # cutoff reports at most `goal`.
-        absm = max(MILP_ABS_MARGIN, MILP_LSB_MARGIN * s_K)
-        goal_lsb = max(0.0, (goal - 2 * absm) / (1 + 2 * MILP_REL_MARGIN)) / s_K
-        active = {(k, sg) for k, sg in active
-                  if (analysis.err_high[k] if sg > 0 else -analysis.err_low[k]) / s_K > goal_lsb}
     bound = {}  # (k, sign) -> best sound bound so far (LSB units)
     inc = {}
     status: list[str] = []
     for ph_i, integer in enumerate(phases):
         set_hidden(integer)
-        solves_left = len(active) * (len(phases) - ph_i)
+        solves_left = 2 * n_out * (len(phases) - ph_i)
         for k in range(n_out):
             first = 1.0 if d_start[:, k].max() >= -d_start[:, k].min() else -1.0
             for sign in (first, -first):
-                if (k, sign) not in active:
-                    continue
                 remaining = time_limit - (time.monotonic() - t0)
                 if ph_i > 0 and remaining < 1.0:
                     solves_left -= 1
@@ -544,13 +529,11 @@ def milp_bounds(
                 best = int(np.argmax(vals))
                 other = inc.get((k, -sign))
                 cutoff = None if other is None else max(other, float(vals[best]))
-                if goal_lsb is not None:
-                    cutoff = max(goal_lsb, float(vals[best]), -np.inf if other is None else other)
                 if cutoff is not None and (k, sign) in bound and bound[(k, sign)] <= cutoff:
                     solves_left -= 1
                     continue  # already proven below the other sign's incumbent
                 # The first phase may use all the time; later phases get what is left.
-                share = remaining / max(1, solves_left - len(active) * (len(phases) - ph_i - 1))
+                share = remaining / max(1, solves_left - 2 * n_out * (len(phases) - ph_i - 1))
                 solves_left -= 1
                 b, i, msg, x = _solve_side(h, highspy, n_col, int(yk[k]), int(rk[k]), sign, starts[best],
                                            float(vals[best]), cutoff, share)

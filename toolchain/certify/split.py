@@ -22,6 +22,10 @@ from toolchain.certify.symbolic import Analysis, differential_analysis
 from toolchain.merge import MergedNet
 
 _NET: MergedNet | None = None
+# Networks with at most this many inputs split the side whose halving helps most (every side
+# tried); wider inputs split the longest side.
+MAX_TRIAL_INPUTS = 8
+CELL_EDGE_CELLS = float("inf")  # cut on an input-cell edge (the one nearest the middle) whenever one lies inside
 
 
 def _init_worker(net: MergedNet) -> None:
@@ -33,40 +37,62 @@ def analyse_leaf(job: tuple) -> Analysis:
     """Pure subproblem: certified bounds of the merged network (set by the initializer) on a box;
     with milp_seconds > 0 the MILP engine then tightens them (its dual bound, never worse).
 
-    job = (box, parent analysis, milp_seconds[, goal]): with a goal (an error level that is
-    enough), the MILP relaxes the hidden rounding (sound, fast) and only tries to prove the sides
-    still above the goal below it (see `milp_bounds`)."""
-    box, parent, milp_seconds = job[:3]
-    goal = job[3] if len(job) > 3 else None
+    job = (box, parent analysis, milp_seconds)."""
+    box, parent, milp_seconds = job
     assert _NET is not None
-    a = differential_analysis(_NET, box, parent) if goal is None or parent is None else parent
+    a = differential_analysis(_NET, box, parent)
     if milp_seconds <= 0:
         return a
     from toolchain.certify.milp import milp_bounds
 
-    if goal is None:
-        m = milp_bounds(_NET, box, a, time_limit=milp_seconds)
-    else:
-        m = milp_bounds(_NET, box, a, time_limit=milp_seconds, exact_rounding="never", goal=goal)
+    m = milp_bounds(_NET, box, a, time_limit=milp_seconds)
     hi, lo = np.minimum(a.err_high, m.upper), np.maximum(a.err_low, -m.upper)
     return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, a.bounds)
 
 
+def split_leaf(job: tuple[Box, Analysis, int]) -> list[tuple[Box, Analysis]]:
+    """Pure subproblem: split a box in two along the best of its `trials` widest sides (each cut
+    as `choose_split` would cut it), the one whose worse child has the smallest bound (then the
+    smaller sum). Returns the two children with their analyses ([] when no side can be cut)."""
+    box, parent, trials = job
+    assert _NET is not None
+    best, best_key = [], None
+    for dim in np.argsort(-box.width, kind="stable")[: max(1, trials)]:
+        at = _cut(_NET, box, int(dim))
+        if not box.low[dim] < at < box.high[dim]:
+            continue
+        children = _split_at(box, int(dim), at)
+        if _NET.input_interface == "int8":  # keep only int8-representable inputs
+            children = tuple(c.snap_to_grid(_NET.input_scale, _NET.input_zero_point) for c in children)
+        an = [differential_analysis(_NET, c, parent) for c in children]
+        u = sorted((float(a.upper.max()) for a in an), reverse=True)
+        if best_key is None or u < best_key:
+            best, best_key = list(zip(children, an)), u
+    return best
+
+
 def choose_split(net: MergedNet, box: Box) -> tuple[int, float]:
-    """Split the longest side (absolute; bound-sensitivity choices measured no better on ACAS
-    Xu); when it spans few int8 input cells, cut on a cell edge so that the children's quantized
-    inputs become exact."""
+    """The longest side (absolute), cut as `_cut` cuts it (the rule for wide inputs; narrow ones
+    try every side, see `split_leaf`)."""
     dim = int(np.argmax(box.width))
+    return dim, _cut(net, box, dim)
+
+
+def _cut(net: MergedNet, box: Box, dim: int) -> float:
+    """Where to cut a side: on the input-cell edge nearest its middle when one lies inside (the
+    children's quantized inputs then share fewer cells; exact once a side spans one cell; on
+    ACAS Xu cutting on edges at every width measured slightly better than below 8 cells only),
+    else the middle."""
     lo, hi = box.low[dim], box.high[dim]
     mid = (lo + hi) / 2
     s = net.input_scale
     edge = s * (np.floor(mid / s) + 0.5)
     cells = (hi - lo) / s
-    if (net.input_interface == "int8" or cells < 8) and lo < edge < hi:
-        return dim, float(edge)
+    if (net.input_interface == "int8" or cells < CELL_EDGE_CELLS) and lo < edge < hi:
+        return float(edge)
     if net.input_interface == "int8":
-        return dim, float(mid) if cells >= 1 else float(lo)  # one grid point: nothing to split
-    return dim, float(mid)
+        return float(mid) if cells >= 1 else float(lo)  # one grid point: nothing to split
+    return float(mid)
 
 
 @dataclass(frozen=True)
@@ -84,20 +110,22 @@ def split_search(
     net: MergedNet, box: Box, *, time_limit: float, target: Callable[[np.ndarray], bool], workers: int = 1,
     executor: Executor | None = None, max_leaves: int = 200_000, progress: Callable[[str], None] | None = None,
     root: Analysis | None = None, probe: Callable[[np.ndarray], None] | None = None,
-    milp_depth: int | None = None, milp_seconds: float = 3.0, worst_milp: bool = True,
-    stall: float = 0.9, goal_milp_seconds: float = 1.5, goal_milp_depth: int | None = None,
+    milp_depth: int | None = None, milp_seconds: float = 3.0,
+    split_trials: int | None = None, milp_stall: float | None = 0.99,
 ) -> SplitResult:
     """Refine the worst leaf until `target(upper)` holds, the time runs out, or leaves run out.
 
     `probe`, if given, is called with the centres of every new pair of boxes: the caller's
     falsifier looks for witnesses exactly where the bound is still high.
 
-    MILP on leaves: with `worst_milp` (and a `milp_depth`, i.e. a network small enough), a worst
-    leaf whose split stalled (its bound at least `stall` x its parent's) and that is at least
-    `goal_milp_depth` splits deep (default: the number of inputs) gets one short MILP pass
-    (`goal_milp_seconds`, relaxed hidden rounding) that only tries to prove its sides below the
-    goal, the largest uniform bound `target` accepts. Without `worst_milp`, a worst box at least
-    `milp_depth` splits deep gets one full MILP pass of `milp_seconds` before it is split again.
+    Splitting: with at most MAX_TRIAL_INPUTS inputs (or `split_trials` > 1), a leaf is cut along
+    each of its `split_trials` widest sides and the cut whose worse child is lowest is kept (on ACAS
+    Xu the useful side is often not the longest: cutting on input-cell edges of the right input
+    removes most of the quantized side's slack). Otherwise the longest side is halved.
+
+    MILP on leaves: with `milp_depth`, a worst box at least that many splits deep whose last split
+    stalled (its bound at least `milp_stall` x its parent's; None: always) gets one MILP pass of
+    `milp_seconds` before it is split again.
 
     Jobs run asynchronously (at most 2 x workers in flight); the bound checked against the target
     counts every box in flight at its parent's analysis, so it is always an enclosure."""
@@ -106,9 +134,8 @@ def split_search(
     if root is None:
         root = differential_analysis(net, box)
     counter = itertools.count()
-    if goal_milp_depth is None:
-        goal_milp_depth = net.n_inputs
-    use_goal = worst_milp and milp_depth is not None
+    if split_trials is None:
+        split_trials = net.n_inputs if net.n_inputs <= MAX_TRIAL_INPUTS else 1
     # heap entries: (-bound, tie-break, box, analysis, depth, milp already run, parent's bound)
     heap: list = [(-float(root.upper.max()), next(counter), box, root, 0, False, np.inf)]
     inflight: dict = {}  # future -> (job, meta, parent heap entry)
@@ -118,29 +145,35 @@ def split_search(
     cap = max(2, 2 * workers)
 
     def all_entries():
-        return heap + [e for (_, _, e) in inflight.values()]
+        return heap + [e for (_, _, _, e) in inflight.values()]
 
-    def push(job, a, meta):
+    def push(fn, job, result, meta):
         depth, milp_done, parent_bound = meta
-        heapq.heappush(heap, (-float(a.upper.max()), next(counter), job[0], a, depth, milp_done, parent_bound))
+        pairs = [(job[0], result)] if fn is analyse_leaf else result
+        if fn is split_leaf and not pairs:  # cannot split further
+            stuck.append((-float(job[1].upper.max()), next(counter), job[0], job[1], depth - 1, milp_done, parent_bound))
+        for b, a in pairs:
+            fresh.append(b.center)
+            heapq.heappush(heap, (-float(a.upper.max()), next(counter), b, a, depth, milp_done, parent_bound))
 
-    def plan(entry, goal):
+    def plan(entry):
         """Jobs for one popped leaf: a MILP pass, its two children, or nothing (unsplittable)."""
         _, _, b, a, depth, milp_done, parent_bound = entry
         bound = float(a.upper.max())
-        if not milp_done and use_goal and goal is not None and depth >= goal_milp_depth \
-                and bound > goal and bound >= stall * parent_bound:
-            return [((b, a, goal_milp_seconds, goal), (depth, True, parent_bound))]
-        if not milp_done and not worst_milp and milp_depth is not None and depth >= milp_depth:
-            return [((b, a, milp_seconds), (depth, True, parent_bound))]
+        if not milp_done and milp_depth is not None and depth >= milp_depth \
+                and (milp_stall is None or bound >= milp_stall * parent_bound):
+            return [(analyse_leaf, (b, a, milp_seconds), (depth, True, parent_bound))]
+        if split_trials > 1:
+            return [(split_leaf, (b, a, split_trials), (depth + 1, False, bound))]
         dim, at = choose_split(net, b)
         if not b.low[dim] < at < b.high[dim]:  # cannot split further
             return None
         children = _split_at(b, dim, at)
         if net.input_interface == "int8":  # keep only int8-representable inputs
             children = tuple(c.snap_to_grid(net.input_scale, net.input_zero_point) for c in children)
-        return [((c, a, 0.0), (depth + 1, False, bound)) for c in children]
+        return [(analyse_leaf, (c, a, 0.0), (depth + 1, False, bound)) for c in children]
 
+    fresh: list = []  # centres of new boxes, for the probe
     stuck: list = []  # leaves that cannot be split further (kept, never popped again)
     try:
         last_report = t0
@@ -148,32 +181,29 @@ def split_search(
             upper = _combined(all_entries() + stuck)
             if target(upper[0]) or time.monotonic() - t0 > time_limit or len(heap) + len(stuck) >= max_leaves:
                 break
-            goal = _goal(target, upper[0]) if use_goal else None
             new_jobs = []
-            while heap and len(inflight) + len(new_jobs) < cap:
+            while heap and len(inflight) < cap:
                 entry = heapq.heappop(heap)
-                if goal is not None and -entry[0] <= goal and new_jobs + list(inflight):
-                    heapq.heappush(heap, entry)  # nothing above the goal left to refine now
-                    break
-                jobs = plan(entry, goal)
+                jobs = plan(entry)
                 if jobs is None:
                     stuck.append(entry)
                     continue
                 if executor is None:
-                    for job, meta in jobs:
-                        push(job, analyse_leaf(job), meta)
+                    for fn, job, meta in jobs:
+                        push(fn, job, fn(job), meta)
                     new_jobs.append(jobs)
                     break
-                for job, meta in jobs:
-                    inflight[executor.submit(analyse_leaf, job)] = (job, meta, entry)
+                for fn, job, meta in jobs:
+                    inflight[executor.submit(fn, job)] = (fn, job, meta, entry)
                 new_jobs.append(jobs)
-            if probe is not None and new_jobs:
-                probe(np.stack([job[0].center for jobs in new_jobs for job, _ in jobs]))
             if executor is not None and inflight:
                 finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 for f in finished:
-                    job, meta, _ = inflight.pop(f)
-                    push(job, f.result(), meta)
+                    fn, job, meta, _ = inflight.pop(f)
+                    push(fn, job, f.result(), meta)
+            if probe is not None and fresh:
+                probe(np.stack(fresh))
+                fresh.clear()
             elif not new_jobs:
                 break
             if progress and time.monotonic() - last_report > 2.0:
@@ -184,7 +214,7 @@ def split_search(
             own_pool.shutdown(cancel_futures=True)
     # Boxes still in flight count at their parent's analysis (each parent once).
     seen, entries = set(), heap + stuck
-    for (_, _, e) in inflight.values():
+    for (_, _, _, e) in inflight.values():
         if id(e) not in seen:
             seen.add(id(e))
             entries.append(e)
@@ -196,21 +226,6 @@ def split_search(
         for t in range(len(net.nodes))
     ]
     return SplitResult(up, lo, hi, len(entries), worst, time.monotonic() - t0, ranges)
-
-
-def _goal(target: Callable[[np.ndarray], bool], upper: np.ndarray) -> float | None:
-    """The largest uniform error level c (up to the current bound) with target(c, ..., c): the
-    level every leaf must reach. None when no level short of zero is accepted."""
-    lo, hi = 0.0, float(upper.max())
-    if not target(np.full(upper.shape, lo)):
-        return None
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if target(np.full(upper.shape, mid)):
-            lo = mid
-        else:
-            hi = mid
-    return lo if lo > 0 else None
 
 
 def _split_at(box: Box, dim: int, at: float) -> tuple[Box, Box]:
