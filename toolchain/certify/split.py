@@ -204,7 +204,7 @@ def split_search(
             if probe is not None and fresh:
                 probe(np.stack(fresh))
                 fresh.clear()
-            elif not new_jobs:
+            if not new_jobs and not inflight:  # every remaining box is unsplittable
                 break
             if progress and time.monotonic() - last_report > 2.0:
                 last_report = time.monotonic()
