@@ -19,10 +19,12 @@ from toolchain.tflite import reader
 # Keyword overrides of split.split_search per strategy ({} = the committed defaults).
 STRATEGIES = {
     "default": {},
-    "longest-side": {"split_trials": 1, "milp_stall": None, "cell_edge_cells": 8},  # the previous rules
-    "best-side-depth-milp": {"milp_stall": None},
-    "best-side-no-milp": {"milp_depth": None},
-    "best-side-edges-below-8-cells": {"cell_edge_cells": 8},
+    "no-cell-enumeration": {"enum_cells": 0},
+    "enumerate-below-2^15-cells": {"enum_cells": 2**15},
+    "enumerate-below-2^19-cells": {"enum_cells": 2**19},
+    "best-of-5-sides": {"split_trials": 5},
+    "no-leaf-milp": {"milp_depth": None},
+    "cell-edges-at-any-width": {"cell_edge_cells": float("inf")},
 }
 
 

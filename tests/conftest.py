@@ -35,3 +35,27 @@ def small_int8_model(shared_models: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_nets(tmp_path_factory) -> dict:
+    """Two-input MLPs (ReLU, ReLU6, none) converted to int8: small enough to enumerate (certify tests)."""
+    import keras
+    import numpy as np
+
+    from toolchain.quantize import quantize_keras_model
+
+    out = {}
+    for seed in (0, 1, 2):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential([
+            keras.Input((2,)),
+            keras.layers.Dense(6, activation="relu"),
+            keras.layers.Dense(5, activation=["relu6", None, "relu"][seed]),
+            keras.layers.Dense(2),
+        ])
+        rng = np.random.default_rng(seed)
+        rep = rng.uniform(-1, 1, size=(200, 2)).astype(np.float32) * (0.5 if seed == 1 else 1.0)
+        d = tmp_path_factory.mktemp(f"tiny{seed}")
+        out[seed] = quantize_keras_model(model, rep, d)
+    return out

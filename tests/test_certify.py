@@ -65,29 +65,6 @@ def test_differential_tighter_than_interval(zoo):
     assert d <= i
 
 
-@pytest.fixture(scope="module")
-def tiny_nets(tmp_path_factory):
-    """Two-input MLPs (ReLU, ReLU6, none) converted to int8: small enough to enumerate."""
-    from toolchain.quantize import quantize_keras_model
-
-    import keras
-
-    out = {}
-    for seed in (0, 1, 2):
-        keras.utils.set_random_seed(seed)
-        model = keras.Sequential([
-            keras.Input((2,)),
-            keras.layers.Dense(6, activation="relu"),
-            keras.layers.Dense(5, activation=["relu6", None, "relu"][seed]),
-            keras.layers.Dense(2),
-        ])
-        rng = np.random.default_rng(seed)
-        rep = rng.uniform(-1, 1, size=(200, 2)).astype(np.float32) * (0.5 if seed == 1 else 1.0)
-        d = tmp_path_factory.mktemp(f"tiny{seed}")
-        out[seed] = quantize_keras_model(model, rep, d)
-    return out
-
-
 def _exhaustive(net, pg, box):
     s, zp = net.input_scale, net.input_zero_point
     q0 = np.arange(np.ceil(box.low[0] / s - 1e-9), np.floor(box.high[0] / s + 1e-9) + 1)

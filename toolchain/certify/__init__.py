@@ -198,7 +198,7 @@ def _refine_by_splitting(
     small = sum(n.size for n in net.nodes[1:]) <= MAX_NEURONS
     res = split.split_search(net, box, time_limit=time_limit, target=done, workers=workers, progress=say,
                              root=analysis, probe=probe, milp_depth=3 * net.n_inputs if small else None,
-                             milp_seconds=min(3.0, max(0.5, time_limit / 20)))
+                             milp_seconds=min(3.0, max(0.5, time_limit / 20)), pg=pg)
     return np.minimum(analysis.upper, res.upper), res.leaves, res.float_ranges, F.Found(lower, inputs, found.errors_sampled)
 
 

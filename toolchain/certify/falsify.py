@@ -40,8 +40,8 @@ def errors(net: MergedNet, pg: PreparedGraph, xs: np.ndarray) -> np.ndarray:
     """y_k(x) - ŷ_k(x) for a batch xs (B, n_in): float graph minus dequantized int8 executor."""
     xs = np.atleast_2d(np.asarray(xs, dtype=np.float64))
     y = net.forward_float(xs)[net.output]
-    r = run(pg, quantized_input(net, pg, xs), keep_intermediates=True)
-    q = r.tensors[net.int8_output_tensor].reshape(len(xs), -1).astype(np.float64)
+    r = run(pg, quantized_input(net, pg, xs), until=net.int8_output_tensor)
+    q = r.output.reshape(len(xs), -1).astype(np.float64)
     node = net.nodes[net.output]
     return y - node.scale * (q - node.zero_point)
 

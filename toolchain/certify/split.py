@@ -1,9 +1,11 @@
 """Input splitting: branch and bound over the region with the differential engine on each box,
-and the exact MILP on small boxes that splitting alone does not tighten.
+input-cell enumeration on boxes with few cells, and the exact MILP on small boxes that splitting
+alone does not tighten.
 
-Each leaf is analysed by a pure function of (box, parent analysis, MILP seconds), mapped over a
-`concurrent.futures` executor: a process pool here, any executor with `map` later (a cluster).
-The merged network reaches the workers once, through the pool's initializer.
+Each leaf is analysed by a pure function of its job (box, parent analysis, ...), mapped over a
+`concurrent.futures` executor: a process pool here, any executor with `submit` later (a cluster).
+The merged network and the prepared int8 graph reach the workers once, through the pool's
+initializer.
 """
 
 from __future__ import annotations
@@ -17,23 +19,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolchain.certify import cells
 from toolchain.certify.region import Box
 from toolchain.certify.symbolic import Analysis, differential_analysis
 from toolchain.merge import MergedNet
+from toolchain.tflite.prepare import PreparedGraph
 
 _NET: MergedNet | None = None
-# Networks with at most this many inputs split the side whose halving helps most (every side
-# tried); wider inputs split the longest side. Measured: ACAS Xu (5 inputs) 15x -> 5x the witness
-# in 60 s; the 8-input pump classifier reached its budget in 34 s instead of 12 s with trials.
-MAX_TRIAL_INPUTS = 5
+_PG: PreparedGraph | None = None
 # Cut on the input-cell edge nearest the middle when a side spans fewer cells than this (at any
 # width: ACAS 4.7x instead of 5.1x, but the pump classifier took 21 s instead of 9 s).
 CELL_EDGE_CELLS = 8.0
+# A worst box meeting at most this many input cells is bounded by enumerating them (cells.py):
+# about 0.15 s for 2^16 cells on ACAS Xu, where one differential analysis takes 0.02 s.
+ENUM_CELLS = 2**17
 
 
-def _init_worker(net: MergedNet) -> None:
-    global _NET
-    _NET = net
+def _init_worker(net: MergedNet, pg: PreparedGraph | None = None) -> None:
+    global _NET, _PG
+    _NET, _PG = net, pg
 
 
 def analyse_leaf(job: tuple) -> Analysis:
@@ -53,32 +57,75 @@ def analyse_leaf(job: tuple) -> Analysis:
     return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, a.bounds)
 
 
-def split_leaf(job: tuple[Box, Analysis, int]) -> list[tuple[Box, Analysis]]:
-    """Pure subproblem: split a box in two along the best of its `trials` widest sides (each cut
-    as `choose_split` would cut it), the one whose worse child has the smallest bound (then the
-    smaller sum). Returns the two children with their analyses ([] when no side can be cut)."""
-    box, parent, trials = job
+def enumerate_leaf(job: tuple[Box, Analysis]) -> tuple[Analysis, np.ndarray, cells.CellOutputs]:
+    """Pure subproblem: the box's analysis tightened by enumerating its input cells (the int8
+    side exactly, cells.py); also the inputs where that bound is reached (witness candidates) and
+    the device's outputs per cell (for the box's children)."""
+    box, a = job
+    assert _NET is not None and _PG is not None
+    outputs = cells.device_outputs(_NET, _PG, box)
+    return (*_with_cells(box, a, outputs), outputs)
+
+
+def _with_cells(box: Box, a: Analysis, outputs: cells.CellOutputs) -> tuple[Analysis, np.ndarray]:
     assert _NET is not None
-    best, best_key = [], None
-    for dim in np.argsort(-box.width, kind="stable")[: max(1, trials)]:
-        at = _cut(_NET, box, int(dim))
+    cb = cells.cell_bounds(_NET, box, a.bounds, outputs)
+    hi, lo = np.minimum(a.err_high, cb.err_high), np.maximum(a.err_low, cb.err_low)
+    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, a.bounds), cb.candidates
+
+
+def split_leaf(job: tuple) -> tuple[list[tuple[Box, Analysis, cells.CellOutputs | None]], list[np.ndarray]]:
+    """Pure subproblem: split a box in two along the best of `trials` sides, the one whose worse
+    child has the smallest bound (then the smaller sum). Returns the children (box, analysis, cell
+    outputs or None) ([] when no side can be cut) and witness candidates.
+
+    job = (box, analysis, trials, cell outputs or None). Without cell outputs the widest sides
+    are tried, each cut as `_cut` cuts it. With them (the box was bounded by its cells), the sides
+    spanning the most cells are tried, each cut on its cell edge nearest the middle so the children
+    share no cell, and each child is bounded by its own cells (no executor run: the parent's
+    outputs are sliced)."""
+    box, parent, trials, outputs = job
+    assert _NET is not None
+    if outputs is not None:
+        options = cell_cuts(_NET, box)[: max(1, trials)]
+    else:
+        options = [(int(d), _cut(_NET, box, int(d))) for d in np.argsort(-box.width, kind="stable")[: max(1, trials)]]
+    best, best_key, best_candidates = [], None, []
+    for dim, at in options:
         if not box.low[dim] < at < box.high[dim]:
             continue
-        children = _split_at(box, int(dim), at)
+        children = _split_at(box, dim, at)
         if _NET.input_interface == "int8":  # keep only int8-representable inputs
             children = tuple(c.snap_to_grid(_NET.input_scale, _NET.input_zero_point) for c in children)
         an = [differential_analysis(_NET, c, parent) for c in children]
+        child_outputs: list = [None, None]
+        candidates: list = []
+        if outputs is not None:
+            child_outputs = [outputs.sub(_NET, c) for c in children]
+            for i, c in enumerate(children):
+                an[i], cand = _with_cells(c, an[i], child_outputs[i])
+                candidates.extend(cand)
         u = sorted((float(a.upper.max()) for a in an), reverse=True)
         if best_key is None or u < best_key:
-            best, best_key = list(zip(children, an)), u
-    return best
+            best, best_key, best_candidates = list(zip(children, an, child_outputs)), u, candidates
+    return best, best_candidates
 
 
-def choose_split(net: MergedNet, box: Box) -> tuple[int, float]:
-    """The longest side (absolute), cut as `_cut` cuts it (the rule for wide inputs; narrow ones
-    try every side, see `split_leaf`)."""
-    dim = int(np.argmax(box.width))
-    return dim, _cut(net, box, dim)
+def cell_cuts(net: MergedNet, box: Box) -> list[tuple[int, float]]:
+    """(input, edge) cuts for a box bounded by its cells, sides with the most whole cells first:
+    each on its cell edge nearest the middle ([] when every side lies within one cell)."""
+    s = net.input_scale
+    margin = 4 * cells._TOL * s
+    first = np.ceil((box.low + margin) / s - 0.5)  # interior edge indices j: edge = s (j + 1/2)
+    last = np.floor((box.high - margin) / s - 0.5)
+    inner = last - first + 1
+    out = []
+    for dim in np.argsort(-inner, kind="stable"):
+        if inner[dim] < 1:
+            break
+        j = np.clip(np.round(box.center[dim] / s - 0.5), first[dim], last[dim])
+        out.append((int(dim), float(s * (j + 0.5))))
+    return out
 
 
 def _cut(net: MergedNet, box: Box, dim: int) -> float:
@@ -107,6 +154,25 @@ class SplitResult:
     worst_box: Box
     seconds: float
     float_ranges: list[tuple[np.ndarray, np.ndarray]]  # per node: union over leaves of [p_lo, p_hi]
+    enumerated: int = 0  # boxes bounded by enumerating their input cells
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    box: Box
+    analysis: Analysis
+    depth: int
+    parent_bound: float
+    milp_done: bool = False
+    cell_outputs: cells.CellOutputs | None = None  # set once the box is bounded by its cells
+
+    @property
+    def enumerated(self) -> bool:
+        return self.cell_outputs is not None
+
+    @property
+    def bound(self) -> float:
+        return float(self.analysis.upper.max())
 
 
 def split_search(
@@ -114,100 +180,101 @@ def split_search(
     executor: Executor | None = None, max_leaves: int = 200_000, progress: Callable[[str], None] | None = None,
     root: Analysis | None = None, probe: Callable[[np.ndarray], None] | None = None,
     milp_depth: int | None = None, milp_seconds: float = 3.0,
-    split_trials: int | None = None, milp_stall: float | None = 0.99,
+    split_trials: int = 1, milp_stall: float | None = 0.99,
+    pg: PreparedGraph | None = None, enum_cells: float = ENUM_CELLS,
 ) -> SplitResult:
     """Refine the worst leaf until `target(upper)` holds, the time runs out, or leaves run out.
 
-    `probe`, if given, is called with the centres of every new pair of boxes: the caller's
-    falsifier looks for witnesses exactly where the bound is still high.
+    `probe`, if given, is called with the centres of every new pair of boxes (and the inputs where
+    cell bounds are reached): the caller's falsifier looks for witnesses where the bound is high.
 
-    Splitting: with at most MAX_TRIAL_INPUTS inputs (or `split_trials` > 1), a leaf is cut along
-    each of its `split_trials` widest sides and the cut whose worse child is lowest is kept (on ACAS
-    Xu the useful side is often not the longest: cutting on input-cell edges of the right input
-    removes most of the quantized side's slack). Otherwise the longest side is halved.
+    Enumeration: with the prepared int8 graph `pg`, a worst box meeting at most `enum_cells` input
+    cells is bounded by enumerating them (the int8 side exactly, once: its children are cut on
+    cell edges and bounded from the same device outputs).
+
+    Splitting: the longest side is cut (`_cut`; boxes bounded by their cells: the side spanning the
+    most cells, on a cell edge). With `split_trials` > 1, that many sides are tried and the cut
+    whose worse child is lowest is kept; before cell enumeration this helped ACAS Xu (15x -> 5x the
+    witness in 60 s), with it trials cost more than they gain (bench/acas_leaf_bench.py).
 
     MILP on leaves: with `milp_depth`, a worst box at least that many splits deep whose last split
     stalled (its bound at least `milp_stall` x its parent's; None: always) gets one MILP pass of
-    `milp_seconds` before it is split again.
+    `milp_seconds` before it is split again (not on boxes bounded by their cells).
 
     Jobs run asynchronously (at most 2 x workers in flight); the bound checked against the target
     counts every box in flight at its parent's analysis, so it is always an enclosure."""
     t0 = time.monotonic()
-    _init_worker(net)
+    _init_worker(net, pg)
     if root is None:
         root = differential_analysis(net, box)
     counter = itertools.count()
-    if split_trials is None:
-        split_trials = net.n_inputs if net.n_inputs <= MAX_TRIAL_INPUTS else 1
-    # heap entries: (-bound, tie-break, box, analysis, depth, milp already run, parent's bound)
-    heap: list = [(-float(root.upper.max()), next(counter), box, root, 0, False, np.inf)]
-    inflight: dict = {}  # future -> (job, meta, parent heap entry)
+    heap: list = [(-float(root.upper.max()), next(counter), _Leaf(box, root, 0, np.inf))]
+    inflight: dict = {}  # future -> (fn, job, leaf popped for it)
     own_pool = None
     if executor is None and workers > 1:
-        own_pool = executor = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(net,))
+        own_pool = executor = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(net, pg))
     cap = max(2, 2 * workers)
-
-    def all_entries():
-        return heap + [e for (_, _, _, e) in inflight.values()]
-
-    def push(fn, job, result, meta):
-        depth, milp_done, parent_bound = meta
-        pairs = [(job[0], result)] if fn is analyse_leaf else result
-        if fn is split_leaf and not pairs:  # cannot split further
-            stuck.append((-float(job[1].upper.max()), next(counter), job[0], job[1], depth - 1, milp_done, parent_bound))
-        for b, a in pairs:
-            fresh.append(b.center)
-            heapq.heappush(heap, (-float(a.upper.max()), next(counter), b, a, depth, milp_done, parent_bound))
-
-    def plan(entry):
-        """Jobs for one popped leaf: a MILP pass, its two children, or nothing (unsplittable)."""
-        _, _, b, a, depth, milp_done, parent_bound = entry
-        bound = float(a.upper.max())
-        if not milp_done and milp_depth is not None and depth >= milp_depth \
-                and (milp_stall is None or bound >= milp_stall * parent_bound):
-            return [(analyse_leaf, (b, a, milp_seconds), (depth, True, parent_bound))]
-        if split_trials > 1:
-            return [(split_leaf, (b, a, split_trials), (depth + 1, False, bound))]
-        dim, at = choose_split(net, b)
-        if not b.low[dim] < at < b.high[dim]:  # cannot split further
-            return None
-        children = _split_at(b, dim, at)
-        if net.input_interface == "int8":  # keep only int8-representable inputs
-            children = tuple(c.snap_to_grid(net.input_scale, net.input_zero_point) for c in children)
-        return [(analyse_leaf, (c, a, 0.0), (depth + 1, False, bound)) for c in children]
-
-    fresh: list = []  # centres of new boxes, for the probe
+    fresh: list = []  # centres of new boxes and cell-bound inputs, for the probe
     stuck: list = []  # leaves that cannot be split further (kept, never popped again)
+    enumerated = 0
+
+    def leaves_now() -> list[_Leaf]:
+        return [e[2] for e in heap] + stuck + [leaf for (_, _, leaf) in inflight.values()]
+
+    def add(leaf: _Leaf) -> None:
+        heapq.heappush(heap, (-leaf.bound, next(counter), leaf))
+
+    def push(fn, job, result, leaf: _Leaf) -> None:
+        nonlocal enumerated
+        if fn is enumerate_leaf:
+            a, candidates, outputs = result
+            enumerated += 1
+            fresh.extend(candidates)
+            add(_Leaf(leaf.box, a, leaf.depth, leaf.parent_bound, leaf.milp_done, outputs))
+        elif fn is analyse_leaf:
+            add(_Leaf(job[0], result, leaf.depth, leaf.parent_bound, True, leaf.cell_outputs))
+        elif not result[0]:  # cannot split further
+            stuck.append(leaf)
+        else:
+            children, candidates = result
+            fresh.extend(candidates)
+            for b, a, outputs in children:
+                fresh.append(b.center)
+                add(_Leaf(b, a, leaf.depth + 1, leaf.bound, False, outputs))
+
+    def plan(leaf: _Leaf):
+        """The job for one popped leaf: enumerate its cells, a MILP pass, or split it."""
+        if pg is not None and not leaf.enumerated and cells.cell_count(net, leaf.box) <= enum_cells:
+            return enumerate_leaf, (leaf.box, leaf.analysis)
+        if not leaf.milp_done and not leaf.enumerated and milp_depth is not None and leaf.depth >= milp_depth \
+                and (milp_stall is None or leaf.bound >= milp_stall * leaf.parent_bound):
+            return analyse_leaf, (leaf.box, leaf.analysis, milp_seconds)
+        return split_leaf, (leaf.box, leaf.analysis, split_trials, leaf.cell_outputs)
+
     try:
         last_report = t0
         while heap or inflight:
-            upper = _combined(all_entries() + stuck)
+            upper = _combined(leaves_now())
             if target(upper[0]) or time.monotonic() - t0 > time_limit or len(heap) + len(stuck) >= max_leaves:
                 break
-            new_jobs = []
+            submitted = False
             while heap and len(inflight) < cap:
-                entry = heapq.heappop(heap)
-                jobs = plan(entry)
-                if jobs is None:
-                    stuck.append(entry)
-                    continue
+                leaf = heapq.heappop(heap)[2]
+                fn, job = plan(leaf)
+                submitted = True
                 if executor is None:
-                    for fn, job, meta in jobs:
-                        push(fn, job, fn(job), meta)
-                    new_jobs.append(jobs)
+                    push(fn, job, fn(job), leaf)
                     break
-                for fn, job, meta in jobs:
-                    inflight[executor.submit(fn, job)] = (fn, job, meta, entry)
-                new_jobs.append(jobs)
+                inflight[executor.submit(fn, job)] = (fn, job, leaf)
             if executor is not None and inflight:
                 finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 for f in finished:
-                    fn, job, meta, _ = inflight.pop(f)
-                    push(fn, job, f.result(), meta)
+                    fn, job, leaf = inflight.pop(f)
+                    push(fn, job, f.result(), leaf)
             if probe is not None and fresh:
                 probe(np.stack(fresh))
                 fresh.clear()
-            if not new_jobs and not inflight:  # every remaining box is unsplittable
+            if not submitted and not inflight:  # every remaining box is unsplittable
                 break
             if progress and time.monotonic() - last_report > 2.0:
                 last_report = time.monotonic()
@@ -215,20 +282,16 @@ def split_search(
     finally:
         if own_pool is not None:
             own_pool.shutdown(cancel_futures=True)
-    # Boxes still in flight count at their parent's analysis (each parent once).
-    seen, entries = set(), heap + stuck
-    for (_, _, _, e) in inflight.values():
-        if id(e) not in seen:
-            seen.add(id(e))
-            entries.append(e)
+    # Boxes still in flight count at their popped leaf's analysis.
+    entries = leaves_now()
     up, lo, hi = _combined(entries)
-    worst = min(entries, key=lambda e: e[0])[2]
-    analyses = [entry[3] for entry in entries]
+    worst = max(entries, key=lambda leaf: leaf.bound).box
+    analyses = [leaf.analysis for leaf in entries]
     ranges = [
         (np.min([a.bounds[t].pl for a in analyses], axis=0), np.max([a.bounds[t].ph for a in analyses], axis=0))
         for t in range(len(net.nodes))
     ]
-    return SplitResult(up, lo, hi, len(entries), worst, time.monotonic() - t0, ranges)
+    return SplitResult(up, lo, hi, len(entries), worst, time.monotonic() - t0, ranges, enumerated)
 
 
 def _split_at(box: Box, dim: int, at: float) -> tuple[Box, Box]:
@@ -239,7 +302,7 @@ def _split_at(box: Box, dim: int, at: float) -> tuple[Box, Box]:
     return Box(box.low, hi1), Box(lo2, box.high)
 
 
-def _combined(heap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lows = np.min([entry[3].err_low for entry in heap], axis=0)
-    highs = np.max([entry[3].err_high for entry in heap], axis=0)
+def _combined(leaves: list[_Leaf]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lows = np.min([leaf.analysis.err_low for leaf in leaves], axis=0)
+    highs = np.max([leaf.analysis.err_high for leaf in leaves], axis=0)
     return np.maximum(np.abs(lows), np.abs(highs)), lows, highs

@@ -220,8 +220,10 @@ def _relax_node(node: Node, b: NodeBounds, Lf: np.ndarray, Lq: np.ndarray) -> tu
 
 def _back_substitute(
     net: MergedNet, start: int, P: np.ndarray, U: np.ndarray, const: np.ndarray, bounds: list[NodeBounds], box: Box,
-) -> np.ndarray:
-    """Upper bounds of P·p_start + U·u_start + const over the box, pushed back to the input."""
+    linear: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Upper bounds of P·p_start + U·u_start + const over the box, pushed back to the input; with
+    `linear`, the bounding affine function of x itself, (G, k): every row <= G x + k on the box."""
     R = P.shape[0]
     lam_f: dict[int, np.ndarray] = {}
     lam_q: dict[int, np.ndarray] = {}
@@ -244,6 +246,8 @@ def _back_substitute(
             const -= np.abs(Ut[:, exact]) @ node.noise[exact]
             const += Ut[:, exact] @ value[exact]
             G = Pt + np.where(exact[None, :], 0.0, Ut)
+            if linear:
+                return G, const
             center, radius = (box.low + box.high) / 2, (box.high - box.low) / 2
             return const + G @ center + np.abs(G) @ radius
         for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q):
@@ -300,6 +304,18 @@ def differential_analysis(net: MergedNet, box: Box, parent: Analysis | None = No
     if parent is not None:
         hi, lo = np.minimum(hi, parent.err_high), np.maximum(lo, parent.err_low)
     return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
+
+
+def float_linear_bounds(net: MergedNet, bounds: list[NodeBounds], box: Box) -> tuple[np.ndarray, ...]:
+    """Affine bounds of the float output over the box, from the node ranges of an analysis of it:
+    (G_lo, k_lo, G_hi, k_hi) with G_lo x + k_lo <= y_K(x) <= G_hi x + k_hi for every x in the box
+    (the float side of the back-substitution alone)."""
+    K = net.output
+    n = net.nodes[K].size
+    I = np.eye(n)
+    Pk, Uk, k0 = _relax_node(net.nodes[K], bounds[K], np.vstack([I, -I]), np.zeros((2 * n, n)))
+    G, k = _back_substitute(net, K, Pk, Uk, k0, bounds, box, linear=True)
+    return -G[n:], -k[n:], G[:n], k[:n]
 
 
 def output_range(net: MergedNet, bounds: list[NodeBounds]) -> tuple[np.ndarray, np.ndarray]:

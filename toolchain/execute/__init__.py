@@ -76,21 +76,26 @@ def _blas_threads(n: int):
         _SET_THREADS(old)
 
 
-def run(pg: P.PreparedGraph, x: np.ndarray, keep_intermediates: bool = False) -> Run:
-    """Run the graph on a batch of inputs (int8 for int8-input graphs, float32 for float-input ones)."""
+def run(pg: P.PreparedGraph, x: np.ndarray, keep_intermediates: bool = False, until: int | None = None) -> Run:
+    """Run the graph on a batch of inputs (int8 for int8-input graphs, float32 for float-input ones).
+
+    With `until` (a tensor index), stop once that tensor is computed and return it as the only
+    output (the certify engines need the logits, not the softmax after them)."""
     with _blas_threads(BLAS_THREADS):
-        return _run(pg, x, keep_intermediates)
+        return _run(pg, x, keep_intermediates, until)
 
 
-def _run(pg: P.PreparedGraph, x: np.ndarray, keep_intermediates: bool) -> Run:
+def _run(pg: P.PreparedGraph, x: np.ndarray, keep_intermediates: bool, until: int | None = None) -> Run:
     graph = pg.graph
     values: dict[int, np.ndarray] = {graph.inputs[0]: as_batch(graph, x)}
     for t in graph.tensors:
         if t.data is not None:
             values[t.index] = t.data[None]
     for op, prep in zip(graph.operators, pg.ops):
+        if until is not None and until in values:
+            break
         values[op.outputs[0]] = run_op(graph, op, prep, values, pg.rounding)
-    outs = tuple(values[t] for t in graph.outputs)
+    outs = (values[until],) if until is not None else tuple(values[t] for t in graph.outputs)
     return Run(outs, values if keep_intermediates else None)
 
 

@@ -1,0 +1,152 @@
+"""Input-cell enumeration (certify/cells.py): the int8 side exactly per input cell.
+
+The cell bound must hold against (a) the exhaustive maximum over every int8 input of a box, (b) dense
+sampling with points on and around the input rounding edges, for float interfaces; and splitting
+with enumeration must stay sound while it tightens the bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from toolchain.certify import cells, falsify, split, symbolic, with_margin
+from toolchain.certify.region import Box
+from toolchain.merge import build
+from toolchain.tflite import prepare, reader
+
+from test_certify import _exhaustive
+
+
+def _net(res, interface):
+    pg = prepare.prepare(reader.read_model(res.int8_tflite))
+    return build(reader.read_model(res.float_tflite), pg, interface), pg
+
+
+def _cell_upper(net, pg, box, analysis=None):
+    a = analysis or symbolic.differential_analysis(net, box)
+    cb = cells.cell_bounds(net, box, a.bounds, cells.device_outputs(net, pg, box))
+    assert np.all(cb.err_low <= cb.err_high + 1e-12)
+    return np.maximum(np.abs(cb.err_low), np.abs(cb.err_high)), cb
+
+
+def _edge_points(net, box, rng, n=400):
+    """Points on, just below and just above the input rounding edges s (k + 1/2) inside the box."""
+    s = net.input_scale
+    xs = box.sample(n, rng)
+    edges = s * (np.round(xs / s - 0.5) + 0.5)
+    jitter = rng.choice([-1e-7, 0.0, 1e-7], size=xs.shape) * s
+    on_edge = rng.random(xs.shape) < 0.5
+    xs = np.where(on_edge, edges + jitter, xs)
+    return np.clip(np.vstack([xs, box.corners(50, rng)]), box.low, box.high)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cell_bound_on_int8_grid_holds(tiny_nets, seed):
+    net, pg = _net(tiny_nets[seed], "int8")
+    box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7])).snap_to_grid(net.input_scale, net.input_zero_point)
+    exact = _exhaustive(net, pg, box)
+    analysis = symbolic.differential_analysis(net, box)
+    upper, cb = _cell_upper(net, pg, box, analysis)
+    assert np.all(with_margin(upper) >= exact), (upper, exact)
+    # Candidates are real inputs of the box, and the best of them is a real error.
+    assert np.all((cb.candidates >= box.low) & (cb.candidates <= box.high))
+    assert np.abs(falsify.errors(net, pg, cb.candidates)).max() <= exact.max() + 1e-12
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_cell_box_is_exact_on_int8_grid(tiny_nets, seed):
+    """A box of one int8 input: everything is known, the bound is the error there."""
+    net, pg = _net(tiny_nets[seed], "int8")
+    s = net.input_scale
+    rng = np.random.default_rng(seed)
+    for k in rng.integers(-60, 60, size=(5, 2)):
+        x = s * k.astype(float)
+        box = Box(x, x)
+        upper, _ = _cell_upper(net, pg, box)
+        err = np.abs(falsify.errors(net, pg, x[None]))[0]
+        assert np.allclose(upper, err, atol=1e-9), (upper, err)
+
+
+@pytest.mark.tf
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(c0=st.floats(-0.8, 0.8), c1=st.floats(-0.8, 0.8), r=st.floats(0.002, 0.2), seed=st.sampled_from([0, 1, 2]))
+def test_cell_bound_float_interface_holds_at_rounding_edges(tiny_nets, c0, c1, r, seed):
+    net, pg = _net(tiny_nets[seed], "float")
+    box = Box(np.array([c0 - r, c1 - r]), np.array([c0 + r, c1 + r]))
+    rng = np.random.default_rng(7)
+    seen = np.abs(falsify.errors(net, pg, _edge_points(net, box, rng))).max(axis=0)
+    upper, _ = _cell_upper(net, pg, box)
+    assert np.all(with_margin(upper) >= seen), (upper, seen)
+
+
+@pytest.mark.tf
+def test_sub_box_outputs_are_the_enumerated_ones(tiny_nets):
+    net, pg = _net(tiny_nets[1], "float")
+    box = Box(np.array([-0.2, 0.05]), np.array([0.1, 0.3]))
+    outputs = cells.device_outputs(net, pg, box)
+    assert outputs.q.shape[:-1] == tuple(cells.cells_per_input(net, box))
+    for dim, at in split.cell_cuts(net, box)[:2]:
+        for child in split._split_at(box, dim, at):
+            sub = outputs.sub(net, child)
+            np.testing.assert_array_equal(sub.q, cells.device_outputs(net, pg, child).q)
+    with pytest.raises(ValueError):
+        outputs.sub(net, Box(box.low - 0.1, box.high))
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("interface", ["float", "int8"])
+def test_split_with_enumeration_is_sound_and_tighter(tiny_nets, interface):
+    net, pg = _net(tiny_nets[0], interface)
+    box = Box(np.array([-0.5, -0.5]), np.array([0.5, 0.5]))
+    if interface == "int8":
+        box = box.snap_to_grid(net.input_scale, net.input_zero_point)
+        seen = _exhaustive(net, pg, box)
+    else:
+        seen = np.abs(falsify.errors(net, pg, _edge_points(net, box, np.random.default_rng(3), 4000))).max(axis=0)
+    plain = split.split_search(net, box, time_limit=10.0, target=lambda u: False, max_leaves=24)
+    enum = split.split_search(net, box, time_limit=10.0, target=lambda u: False, max_leaves=24, pg=pg,
+                              enum_cells=float("inf"))
+    assert enum.enumerated >= 1
+    assert np.all(with_margin(enum.upper) >= seen)
+    assert enum.upper.max() <= plain.upper.max() + 1e-12
+    # Two workers: the same search over a process pool (device outputs cross process boundaries).
+    pooled = split.split_search(net, box, time_limit=10.0, target=lambda u: False, max_leaves=24, pg=pg,
+                                enum_cells=float("inf"), workers=2)
+    assert pooled.enumerated >= 1 and np.all(with_margin(pooled.upper) >= seen)
+
+
+@pytest.mark.tf
+def test_cell_count(tiny_nets):
+    net, _ = _net(tiny_nets[0], "float")
+    s = net.input_scale
+    # Strictly inside one cell: one cell per input; on an edge: both neighbours are possible.
+    assert cells.cell_count(net, Box(np.array([0.1 * s, 0.1 * s]), np.array([0.2 * s, 0.3 * s]))) == 1
+    assert cells.cell_count(net, Box(np.array([0.5 * s, 0.1 * s]), np.array([0.5 * s, 0.3 * s]))) == 2
+    assert cells.cell_count(net, Box(np.array([0.0, 0.0]), np.array([1e9, 1.0]))) == float("inf")
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cells_cut_exactly_on_rounding_edges(tiny_nets, seed):
+    """Boxes starting or ending on a rounding edge s (k + 1/2): inputs there may go to either
+    cell, and each cell's part of the box must reach that edge (small boxes: the affine bounds are
+    nearly exact, so a cell part short of its edge by 1% of a cell shows)."""
+    net, pg = _net(tiny_nets[seed], "float")
+    s = net.input_scale
+    rng = np.random.default_rng(seed)
+    for k in rng.integers(-40, 40, size=8):
+        edge = s * (k + 0.5)
+        y = rng.uniform(-0.5, 0.5)
+        for lo, hi in ((edge, edge + 0.3 * s), (edge - 0.3 * s, edge)):
+            box = Box(np.array([lo, y]), np.array([hi, y + 0.2 * s]))
+            xs = np.vstack([box.sample(200, rng), box.corners(64, rng),
+                            [[np.nextafter(edge, -1.0), y], [np.nextafter(edge, 1.0), y], [edge, y]]])
+            xs = np.clip(xs, box.low, box.high)
+            seen = np.abs(falsify.errors(net, pg, xs)).max(axis=0)
+            upper, _ = _cell_upper(net, pg, box)
+            assert np.all(with_margin(upper) >= seen), (k, lo, hi, upper, seen)

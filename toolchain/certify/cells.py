@@ -1,0 +1,145 @@
+"""Input-cell enumeration: the quantized side exactly, cell by cell, on boxes with few cells.
+
+The device sees a float input only through its int8 quantization, so f_q is constant on each
+rounding cell of the input grid: on a box covering N cells, f_q takes at most N values, and the
+executor computes every one of them exactly. The float side is bounded per cell by affine bounds
+of f over the whole box (from an analysis of the box), maximised over each cell's part of the
+box. The bound on a cell is then max over the cell of f minus one exact number: no rounding term,
+no relaxation of the int8 graph. Where the box spans a few cells per input, this is far tighter
+than any relaxation of the rounding (ACAS Xu near its worst input: 2 cells per input bound 3.4x
+the witness by back-substitution).
+
+Soundness of the cover: the device computes round(x / s) in float32; cell k is taken as
+x / s in [k - 1/2 - tol, k + 1/2 + tol] (tol as for `symbolic.exact_input`), so every input lies
+in the cell of the integer the device picks, whatever its rounding of ties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolchain.certify import falsify as F
+from toolchain.certify.region import Box
+from toolchain.certify.symbolic import float_linear_bounds
+from toolchain.execute import run
+from toolchain.merge import INPUT_FLOAT_SLACK, MergedNet
+from toolchain.tflite.prepare import PreparedGraph
+
+# Cells of margin on each side of a cell's edges (see the module text; same as exact_input).
+_TOL = 2 * INPUT_FLOAT_SLACK
+# Cells evaluated per executor call (memory: cells x widest layer).
+_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class CellBounds:
+    err_low: np.ndarray  # per output: certified lower end of y_k - ŷ_k over the box
+    err_high: np.ndarray
+    candidates: np.ndarray  # inputs inside the box where the bound is reached (witness candidates)
+
+
+def cells_per_input(net: MergedNet, box: Box) -> np.ndarray | None:
+    """Number of input cells the box meets along each input (None: the grid is too fine to be
+    counted in float64, |x| / s >= 2^22)."""
+    s = net.input_scale
+    if np.any(np.maximum(np.abs(box.low), np.abs(box.high)) / s >= 2**22):
+        return None
+    k_lo, k_hi = _cell_range(box, s)
+    return (k_hi - k_lo + 1).astype(np.int64)
+
+
+def cell_count(net: MergedNet, box: Box) -> float:
+    """Cells the box meets (inf when they cannot be counted)."""
+    per = cells_per_input(net, box)
+    return float("inf") if per is None else float(np.prod(per.astype(np.float64)))
+
+
+def _cell_range(box: Box, s: float) -> tuple[np.ndarray, np.ndarray]:
+    k_lo = np.floor(box.low / s + 0.5 - _TOL)
+    k_hi = np.floor(box.high / s + 0.5 + _TOL)
+    return k_lo, k_hi
+
+
+@dataclass(frozen=True)
+class CellOutputs:
+    """The device's certified tensor on every input cell a box meets: cell indices k_lo[d] + i
+    along input d, q[i_0, ..., i_{D-1}] the int8 output there."""
+
+    k_lo: np.ndarray  # (D,) first cell index per input (cell k: grid value s k)
+    q: np.ndarray  # int8 (n_0, ..., n_{D-1}, n_out)
+
+    def sub(self, net: MergedNet, box: Box) -> CellOutputs:
+        """The cells of a sub-box (a box inside the one these outputs were computed for)."""
+        k_lo, k_hi = _cell_range(box, net.input_scale)
+        first = (k_lo - self.k_lo).astype(np.int64)
+        stop = (k_hi - self.k_lo).astype(np.int64) + 1
+        if np.any(first < 0) or np.any(stop > np.array(self.q.shape[:-1])):
+            raise ValueError("box is not inside the enumerated box")
+        return CellOutputs(k_lo, self.q[tuple(slice(a, b) for a, b in zip(first, stop))])
+
+
+def device_outputs(net: MergedNet, pg: PreparedGraph, box: Box) -> CellOutputs:
+    """Run the exact executor once per input cell of the box, at the cell's grid value s k (whose
+    quantization is k, clamped to int8 as on the device)."""
+    s = net.input_scale
+    k_lo, k_hi = _cell_range(box, s)
+    ks = [np.arange(a, b + 1) for a, b in zip(k_lo, k_hi)]
+    shape = tuple(k.size for k in ks)
+    grids = np.meshgrid(*ks, indexing="ij")
+    flat = np.stack([g.ravel() for g in grids], axis=1)
+    q = np.empty((flat.shape[0], net.n_outputs), dtype=np.int8)
+    for start in range(0, flat.shape[0], _CHUNK):
+        x = s * flat[start:start + _CHUNK]
+        r = run(pg, F.quantized_input(net, pg, x), until=net.int8_output_tensor)
+        q[start:start + _CHUNK] = r.output.reshape(len(x), -1)
+    return CellOutputs(k_lo, q.reshape(shape + (net.n_outputs,)))
+
+
+def cell_bounds(net: MergedNet, box: Box, bounds: list, outputs: CellOutputs) -> CellBounds:
+    """Certified range of y_K - ŷ_K over the box from the device's output on each of its cells.
+
+    `bounds` are the node ranges of an analysis of this box (or of a box enclosing it)."""
+    s = net.input_scale
+    shape = outputs.q.shape[:-1]
+    ks = [outputs.k_lo[d] + np.arange(n) for d, n in enumerate(shape)]
+    # Each cell's part of the box, per input (int8 interfaces: the grid value itself, the only
+    # input of the cell the float model is given).
+    if net.input_interface == "int8":
+        lows = [np.clip(s * k, box.low[d], box.high[d]) for d, k in enumerate(ks)]
+        highs = lows
+    else:
+        lows = [np.maximum(box.low[d], s * (k - 0.5 - _TOL)) for d, k in enumerate(ks)]
+        highs = [np.minimum(box.high[d], s * (k + 0.5 + _TOL)) for d, k in enumerate(ks)]
+    g_lo, c_lo, g_hi, c_hi = float_linear_bounds(net, bounds, box)
+    node = net.nodes[net.output]
+    y_min, y_max = bounds[net.output].y(node)
+    # max / min of an affine function over a product of intervals is a sum of per-input terms.
+    up = c_hi + sum(_term(g_hi[:, d], lows[d], highs[d], np.maximum, len(shape), d) for d in range(len(shape)))
+    lo = c_lo + sum(_term(g_lo[:, d], lows[d], highs[d], np.minimum, len(shape), d) for d in range(len(shape)))
+    yq = node.scale * (outputs.q.astype(np.float64) - node.zero_point)
+    e_hi = np.minimum(up, y_max) - yq
+    e_lo = np.maximum(lo, y_min) - yq
+    flat_hi, flat_lo = e_hi.reshape(-1, net.n_outputs), e_lo.reshape(-1, net.n_outputs)
+    j_hi, j_lo = flat_hi.argmax(axis=0), flat_lo.argmin(axis=0)
+    outs = np.arange(net.n_outputs)
+    candidates = []
+    for cells_k, g, toward in ((j_hi, g_hi, 1), (j_lo, g_lo, -1)):
+        for k, cell in enumerate(cells_k):
+            i = np.unravel_index(cell, shape)
+            k_cell = np.array([ks[d][i[d]] for d in range(len(shape))], dtype=np.float64)
+            # The vertex where the affine bound is reached, kept strictly inside the cell.
+            inner_lo = np.maximum(box.low, s * (k_cell - 0.5 + 2 * _TOL))
+            inner_hi = np.minimum(box.high, s * (k_cell + 0.5 - 2 * _TOL))
+            inner_hi = np.maximum(inner_hi, inner_lo)
+            candidates.append(np.where(toward * g[k] >= 0, inner_hi, inner_lo))
+            candidates.append(np.clip(s * k_cell, inner_lo, inner_hi))
+    return CellBounds(flat_lo[j_lo, outs], flat_hi[j_hi, outs], np.clip(np.array(candidates), box.low, box.high))
+
+
+def _term(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, pick, n_dims: int, d: int) -> np.ndarray:
+    """pick(g lo, g hi) per output and cell index along input d, shaped to broadcast over the grid
+    (..., n_out)."""
+    t = pick(np.outer(lo, g), np.outer(hi, g))  # (n_d, n_out)
+    return t.reshape((1,) * d + (lo.size,) + (1,) * (n_dims - d - 1) + (g.size,))
