@@ -53,7 +53,7 @@ def bench_case(case: str, float_path: Path, int8_path: Path, boxes: list[Box], e
             else:  # split: until U <= 1.5 L per output or the time limit
                 target = 1.5 * np.maximum(found.lower, 1e-300)
                 up = split.split_search(net, box, time_limit=time_limit, target=lambda u: bool(np.all(u <= target)),
-                                        workers=workers).upper
+                                        workers=workers, pg=pg).upper
             row(case, engine, float(up.max()), lower, time.monotonic() - t)
 
 

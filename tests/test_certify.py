@@ -144,9 +144,15 @@ def test_acasxu_property1_box_is_sound(shared_models, tmp_path):
     res = quantize(shared_models / "acasxu_1_1.h5", sample_region(dom_lo, dom_hi, 300, 0), tmp_path)
     fg, qg = reader.read_model(res.float_tflite), reader.read_model(res.int8_tflite)
     box = Box(np.array([0.6, -0.5, -0.5, 0.45, -0.5]), np.array([0.6799, 0.5, 0.5, 0.5, -0.45]))
-    cert = certify(fg, qg, "cortex-m4", [box], budget=10.0, method="split", time_limit=10, samples=500)
+    # A budget no bound meets: splitting runs to its time limit, down to boxes bounded by their
+    # input cells (two worker processes, as the gate runs it).
+    cert = certify(fg, qg, "cortex-m4", [box], budget=1e-6, method="auto", time_limit=20, samples=500, workers=2)
     net, pg = build(fg, prepare.prepare(qg), "float"), prepare.prepare(qg)
     seen = _sampled_max(net, pg, box, n=4000)
+    worst = Box(*(np.array(v) for v in (cert.witness.input, cert.witness.input)))
+    seen = np.maximum(seen, _sampled_max(net, pg, Box(np.maximum(worst.low - 0.01, box.low),
+                                                      np.minimum(worst.high + 0.01, box.high)), n=4000))
+    assert cert.regions[0].leaves > 100
     assert all(o.upper >= s for o, s in zip(cert.outputs, seen))
     assert "SOFTMAX" in " ".join(cert.notes)
 
@@ -211,3 +217,35 @@ def test_boxes_at_input_cell_edges(tiny_nets):
             xs = np.clip(xs, box.low, box.high)
             seen = np.abs(falsify.errors(net, pg, xs)).max(axis=0)
             assert np.all(with_margin(symbolic.differential_analysis(net, box).upper) >= seen)
+
+
+@pytest.mark.tf
+def test_float_gradient_matches_finite_differences(zoo):
+    net, _ = _net(zoo["cnn_depthwise"])
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-0.5, 0.5, size=(3, net.n_inputs))
+    w = rng.normal(size=(3, net.n_outputs))
+    g = net.float_gradient(x, w)
+    h = 1e-6
+    for i in rng.integers(0, net.n_inputs, size=12):
+        e = np.zeros(net.n_inputs)
+        e[i] = h
+        f = lambda z: (net.forward_float(z)[net.output] * w).sum(axis=1)  # noqa: E731
+        fd = (f(x + e) - f(x - e)) / (2 * h)
+        np.testing.assert_allclose(g[:, i], fd, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("interface", ["float", "int8"])
+def test_edge_attack_returns_real_errors(zoo, interface):
+    net, pg = _net(zoo["cnn_depthwise"], interface)
+    box = Box(np.full(net.n_inputs, -0.05), np.full(net.n_inputs, 0.05))
+    if interface == "int8":
+        box = box.snap_to_grid(net.input_scale, net.input_zero_point)
+    rng = np.random.default_rng(0)
+    for k, sign in ((0, 1.0), (2, -1.0)):
+        e, x = falsify.edge_attack(net, pg, box, box.sample(4, rng), k, sign, rng, steps=6)
+        assert np.all((x >= box.low) & (x <= box.high))
+        assert e == pytest.approx(sign * falsify.errors(net, pg, x[None])[0, k], abs=1e-12)
+        if interface == "int8":
+            np.testing.assert_allclose(x / net.input_scale, np.round(x / net.input_scale), atol=1e-6)

@@ -91,6 +91,26 @@ class MergedNet:
             ys.append(np.clip(p, node.f_lo, node.f_hi))
         return ys
 
+    def float_gradient(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """d (w_b . y_K(x_b)) / dx_b for a batch x (B, n_in) and output weights w (B, n_out): the
+        float graph's gradient (clamps pass it where p is strictly inside their range)."""
+        ys: list[np.ndarray] = [np.asarray(x, dtype=np.float64)]
+        masks: list[np.ndarray | None] = [None]
+        for node in self.nodes[1:]:
+            p = node.c_f[None, :] + sum(_matmul(ys[i], A) for i, A in zip(node.inputs, node.A_f))
+            masks.append((p > node.f_lo) & (p < node.f_hi))
+            ys.append(np.clip(p, node.f_lo, node.f_hi))
+        grads: dict[int, np.ndarray] = {self.output: np.asarray(w, dtype=np.float64)}
+        for t in range(self.output, 0, -1):
+            if t not in grads:
+                continue
+            node = self.nodes[t]
+            g = grads.pop(t) * masks[t]
+            for i, A in zip(node.inputs, node.A_f):
+                gi = np.asarray((A.T @ g.T).T) if sp.issparse(A) else g @ A
+                grads[i] = grads[i] + gi if i in grads else gi
+        return grads.get(0, np.zeros_like(ys[0]))
+
 
 def _matmul(x: np.ndarray, A: Matrix) -> np.ndarray:
     """x (B, n_in) times A^T, with A (n_out, n_in) dense or sparse."""
