@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
@@ -33,6 +34,14 @@ CELL_EDGE_CELLS = 8.0
 # A worst box meeting at most this many input cells is bounded by enumerating them (cells.py):
 # about 0.15 s for 2^16 cells on ACAS Xu, where one differential analysis takes 0.02 s.
 ENUM_CELLS = 2**17
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the default number of split workers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _init_worker(net: MergedNet, pg: PreparedGraph | None = None) -> None:

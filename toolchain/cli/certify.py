@@ -28,11 +28,13 @@ def command(
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
     method: str = typer.Option("auto", "--method", help="auto | interval | differential | milp | split."),
     time_limit: float = typer.Option(None, "--time-limit", help="Seconds (default: the config's time_limit)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes for input splitting."),
+    workers: int = typer.Option(None, "--workers", min=1,
+                                help="Processes for input splitting (default: every CPU this process may use)."),
     out: Path = typer.Option(None, "--out", help="Output directory (default build/<config>/<target>.certify)."),
     json_out: bool = typer.Option(False, "--json", help="Print the certificate as one JSON object."),
 ) -> None:
     """Certify max |float − int8| over the config's region for one target."""
+    from toolchain.certify.split import available_cpus
     from toolchain.cli.run import progress_display
     from toolchain.config import load_config
     from toolchain.emit.artifact import write_certify_outputs
@@ -47,7 +49,8 @@ def command(
     with tempfile.TemporaryDirectory(prefix="qassure-certify-") as tmp, progress_display(not json_out) as progress:
         progress(f"preparing models for {cfg.name}")
         models = make_models(cfg, tgt, Path(tmp))
-        cert = certify_models(cfg, tgt, models, method=method, time_limit=time_limit, workers=workers,
+        cert = certify_models(cfg, tgt, models, method=method, time_limit=time_limit,
+                              workers=workers or available_cpus(),
                               progress=progress)
         path = write_certify_outputs(out_dir, cert, models.float_tflite, models.int8_tflite)
     if json_out:

@@ -32,13 +32,15 @@ def command(
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
     method: str = typer.Option("auto", "--method", help="auto | interval | differential | milp | split."),
     time_limit: float = typer.Option(None, "--time-limit", help="Certify time limit in seconds (default: config)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes for input splitting."),
+    workers: int = typer.Option(None, "--workers", min=1,
+                                help="Processes for input splitting (default: every CPU this process may use)."),
     out: Path = typer.Option(Path("build"), "--out", help="Root of build/<config>/<target>/."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the summary."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the verdict line."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also the certify engines' status lines."),
 ) -> None:
     """Quantize, check bit-exactness, certify, check memory, emit; exit 0 only when everything passed."""
+    from toolchain.certify.split import available_cpus
     from toolchain.cli.certify import check_method
     from toolchain.pipeline import gate_summary_lines, run_gate
 
@@ -49,7 +51,8 @@ def command(
     check_method(method)
     show = not json_out and SETTINGS.verbosity >= 0
     with progress_display(show) as progress:
-        res = run_gate(config, target, out_root=out, method=method, time_limit=time_limit, workers=workers,
+        res = run_gate(config, target, out_root=out, method=method, time_limit=time_limit,
+                       workers=workers or available_cpus(),
                        progress=progress)
     if json_out:
         emit_json(res.to_dict())
