@@ -92,7 +92,7 @@ def falsify(
     attack_rng = np.random.default_rng(seed + 7919)
     for k in searched:
         for sign in (1.0, -1.0):
-            starts = np.vstack([inputs[k][None], box.sample(15, attack_rng)])
+            starts = np.vstack([inputs[k][None], box.center[None], box.sample(14, attack_rng)])
             e, x = edge_attack(net, pg, box, starts, int(k), sign, attack_rng, deadline=t0 + time_limit)
             if e > lower[k]:
                 lower[k], inputs[k] = e, x
@@ -116,8 +116,10 @@ def edge_attack(
         if time.monotonic() > deadline:
             break
         g = np.sign(net.float_gradient(x, w))
-        size = np.maximum(0.1 * 0.8**step * box.width, 0.3 * s)
-        x = np.clip(x + g * size * rng.random(x.shape), box.low, box.high)
+        if step > 0:  # the first candidates are the starting points' own cell edges
+            size = np.maximum(0.1 * 0.8**step * box.width, 0.3 * s)
+            x = np.clip(x + g * size * rng.random(x.shape), box.low, box.high)
+            g = np.sign(net.float_gradient(x, w))
         if net.input_interface == "int8":
             cand = snap_to_input_grid(net, x, box)
         else:
