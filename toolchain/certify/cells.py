@@ -53,7 +53,10 @@ def cells_per_input(net: MergedNet, box: Box) -> np.ndarray | None:
 def cell_count(net: MergedNet, box: Box) -> float:
     """Cells the box meets (inf when they cannot be counted)."""
     per = cells_per_input(net, box)
-    return float("inf") if per is None else float(np.prod(per.astype(np.float64)))
+    if per is None:
+        return float("inf")
+    with np.errstate(over="ignore"):  # hundreds of inputs: the count overflows to inf, as it should
+        return float(np.prod(per.astype(np.float64)))
 
 
 def _cell_range(box: Box, s: float) -> tuple[np.ndarray, np.ndarray]:

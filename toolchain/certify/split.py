@@ -29,11 +29,14 @@ from toolchain.tflite.prepare import PreparedGraph
 _NET: MergedNet | None = None
 _PG: PreparedGraph | None = None
 # Cut on the input-cell edge nearest the middle when a side spans fewer cells than this (at any
-# width: ACAS 4.7x instead of 5.1x, but the pump classifier took 21 s instead of 9 s).
+# width, ACAS Xu took longer to reach 1.5x the witness: bench/acas_leaf_bench.py).
 CELL_EDGE_CELLS = 8.0
 # A worst box meeting at most this many input cells is bounded by enumerating them (cells.py):
-# about 0.15 s for 2^16 cells on ACAS Xu, where one differential analysis takes 0.02 s.
+# about 0.3 s for 2^17 cells on ACAS Xu, where one differential analysis takes 0.02 s. On ACAS
+# Xu's property-1 box 2^17 reached 1.5x the witness fastest (2^15: 58 s, 2^16: 53 s, 2^17: 42 s,
+# 2^18: 45 s, 2^19: 53 s). Device outputs kept per box stay below ENUM_BYTES (int8 per output).
 ENUM_CELLS = 2**17
+ENUM_BYTES = 2**20
 
 
 def available_cpus() -> int:
@@ -198,7 +201,7 @@ def split_search(
     cell bounds are reached): the caller's falsifier looks for witnesses where the bound is high.
 
     Enumeration: with the prepared int8 graph `pg`, a worst box meeting at most `enum_cells` input
-    cells is bounded by enumerating them (the int8 side exactly, once: its children are cut on
+    cells (and ENUM_BYTES / outputs) is bounded by enumerating them (the int8 side exactly, once: its children are cut on
     cell edges and bounded from the same device outputs).
 
     Splitting: the longest side is cut (`_cut`; boxes bounded by their cells: the side spanning the
@@ -253,7 +256,8 @@ def split_search(
 
     def plan(leaf: _Leaf):
         """The job for one popped leaf: enumerate its cells, a MILP pass, or split it."""
-        if pg is not None and not leaf.enumerated and cells.cell_count(net, leaf.box) <= enum_cells:
+        if pg is not None and not leaf.enumerated \
+                and cells.cell_count(net, leaf.box) <= min(enum_cells, ENUM_BYTES / net.n_outputs):
             return enumerate_leaf, (leaf.box, leaf.analysis)
         if not leaf.milp_done and not leaf.enumerated and milp_depth is not None and leaf.depth >= milp_depth \
                 and (milp_stall is None or leaf.bound >= milp_stall * leaf.parent_bound):
@@ -287,7 +291,8 @@ def split_search(
                 break
             if progress and time.monotonic() - last_report > 2.0:
                 last_report = time.monotonic()
-                progress(f"split: {len(heap)} boxes, bound {upper[0].max():.6g}")
+                by_cells = f" ({enumerated} bounded cell by cell)" if enumerated else ""
+                progress(f"split: {len(heap)} boxes{by_cells}, bound {upper[0].max():.6g}")
     finally:
         if own_pool is not None:
             own_pool.shutdown(cancel_futures=True)
