@@ -99,7 +99,10 @@ def split_leaf(job: tuple) -> tuple[list[tuple[Box, Analysis, cells.CellOutputs 
     box, parent, trials, outputs = job
     assert _NET is not None
     if outputs is not None:
-        options = cell_cuts(_NET, box)[: max(1, trials)]
+        # Within one cell per input the int8 side is one number: halving the widest side then
+        # still tightens the float side's affine bounds.
+        widest = int(np.argmax(box.width))
+        options = cell_cuts(_NET, box)[: max(1, trials)] or [(widest, float(box.center[widest]))]
     else:
         options = [(int(d), _cut(_NET, box, int(d))) for d in np.argsort(-box.width, kind="stable")[: max(1, trials)]]
     best, best_key, best_candidates = [], None, []
