@@ -28,7 +28,7 @@ from toolchain.merge import INPUT_FLOAT_SLACK, MergedNet
 from toolchain.tflite.prepare import PreparedGraph
 
 # Cells of margin on each side of a cell's edges (see the module text; same as exact_input).
-_TOL = 2 * INPUT_FLOAT_SLACK
+CELL_TOL = 2 * INPUT_FLOAT_SLACK
 # Cells evaluated per executor call (memory: cells x widest layer).
 _CHUNK = 8192
 
@@ -60,8 +60,8 @@ def cell_count(net: MergedNet, box: Box) -> float:
 
 
 def _cell_range(box: Box, s: float) -> tuple[np.ndarray, np.ndarray]:
-    k_lo = np.floor(box.low / s + 0.5 - _TOL)
-    k_hi = np.floor(box.high / s + 0.5 + _TOL)
+    k_lo = np.floor(box.low / s + 0.5 - CELL_TOL)
+    k_hi = np.floor(box.high / s + 0.5 + CELL_TOL)
     return k_lo, k_hi
 
 
@@ -113,8 +113,8 @@ def cell_bounds(net: MergedNet, box: Box, bounds: list, outputs: CellOutputs) ->
         lows = [np.clip(s * k, box.low[d], box.high[d]) for d, k in enumerate(ks)]
         highs = lows
     else:
-        lows = [np.maximum(box.low[d], s * (k - 0.5 - _TOL)) for d, k in enumerate(ks)]
-        highs = [np.minimum(box.high[d], s * (k + 0.5 + _TOL)) for d, k in enumerate(ks)]
+        lows = [np.maximum(box.low[d], s * (k - 0.5 - CELL_TOL)) for d, k in enumerate(ks)]
+        highs = [np.minimum(box.high[d], s * (k + 0.5 + CELL_TOL)) for d, k in enumerate(ks)]
     g_lo, c_lo, g_hi, c_hi = float_linear_bounds(net, bounds, box)
     node = net.nodes[net.output]
     y_min, y_max = bounds[net.output].y(node)
@@ -133,8 +133,8 @@ def cell_bounds(net: MergedNet, box: Box, bounds: list, outputs: CellOutputs) ->
             i = np.unravel_index(cell, shape)
             k_cell = np.array([ks[d][i[d]] for d in range(len(shape))], dtype=np.float64)
             # The vertex where the affine bound is reached, kept strictly inside the cell.
-            inner_lo = np.maximum(box.low, s * (k_cell - 0.5 + 2 * _TOL))
-            inner_hi = np.minimum(box.high, s * (k_cell + 0.5 - 2 * _TOL))
+            inner_lo = np.maximum(box.low, s * (k_cell - 0.5 + 2 * CELL_TOL))
+            inner_hi = np.minimum(box.high, s * (k_cell + 0.5 - 2 * CELL_TOL))
             inner_hi = np.maximum(inner_hi, inner_lo)
             candidates.append(np.where(toward * g[k] >= 0, inner_hi, inner_lo))
             candidates.append(np.clip(s * k_cell, inner_lo, inner_hi))

@@ -93,8 +93,9 @@ def split_leaf(job: tuple) -> tuple[list[tuple[Box, Analysis, cells.CellOutputs 
 
     job = (box, analysis, trials, cell outputs or None). Without cell outputs the widest sides
     are tried, each cut as `_cut` cuts it. With them (the box was bounded by its cells), the sides
-    spanning the most cells are tried, each cut on its cell edge nearest the middle so the children
-    share no cell, and each child is bounded by its own cells (no executor run: the parent's
+    spanning the most cells are tried, each cut on its cell edge nearest the middle (the children
+    share only the cell slivers along that edge; a box within one cell per input is halved on its
+    widest side), and each child is bounded by its own cells (no executor run: the parent's
     outputs are sliced)."""
     box, parent, trials, outputs = job
     assert _NET is not None
@@ -104,7 +105,8 @@ def split_leaf(job: tuple) -> tuple[list[tuple[Box, Analysis, cells.CellOutputs 
         widest = int(np.argmax(box.width))
         options = cell_cuts(_NET, box)[: max(1, trials)] or [(widest, float(box.center[widest]))]
     else:
-        options = [(int(d), _cut(_NET, box, int(d))) for d in np.argsort(-box.width, kind="stable")[: max(1, trials)]]
+        widest_first = np.argsort(-box.width, kind="stable")[: max(1, trials)]
+        options = [(int(d), _cut(_NET, box, int(d))) for d in widest_first]
     best, best_key, best_candidates = [], None, []
     for dim, at in options:
         if not box.low[dim] < at < box.high[dim]:
@@ -130,7 +132,7 @@ def cell_cuts(net: MergedNet, box: Box) -> list[tuple[int, float]]:
     """(input, edge) cuts for a box bounded by its cells, sides with the most whole cells first:
     each on its cell edge nearest the middle ([] when every side lies within one cell)."""
     s = net.input_scale
-    margin = 4 * cells._TOL * s
+    margin = 4 * cells.CELL_TOL * s
     first = np.ceil((box.low + margin) / s - 0.5)  # interior edge indices j: edge = s (j + 1/2)
     last = np.floor((box.high - margin) / s - 0.5)
     inner = last - first + 1
@@ -145,9 +147,8 @@ def cell_cuts(net: MergedNet, box: Box) -> list[tuple[int, float]]:
 
 def _cut(net: MergedNet, box: Box, dim: int) -> float:
     """Where to cut a side: on the input-cell edge nearest its middle when one lies inside (the
-    children's quantized inputs then share fewer cells; exact once a side spans one cell; on
-    ACAS Xu cutting on edges at every width measured slightly better than below 8 cells only),
-    else the middle."""
+    children's quantized inputs then share fewer cells; exact once a side spans one cell) for
+    sides under CELL_EDGE_CELLS cells and int8 interfaces, else the middle."""
     lo, hi = box.low[dim], box.high[dim]
     mid = (lo + hi) / 2
     s = net.input_scale
