@@ -85,27 +85,28 @@ class MergedNet:
 
     def forward_float(self, x: np.ndarray) -> list[np.ndarray]:
         """Float graph in real (float64) arithmetic: y of every node for a batch x (B, n_in)."""
+        return self._forward_float(x)[1]
+
+    def _forward_float(self, x: np.ndarray) -> tuple[list[np.ndarray | None], list[np.ndarray]]:
+        """(p, y) of every node (p of the input node: None)."""
+        ps: list[np.ndarray | None] = [None]
         ys: list[np.ndarray] = [np.asarray(x, dtype=np.float64)]
         for node in self.nodes[1:]:
             p = node.c_f[None, :] + sum(_matmul(ys[i], A) for i, A in zip(node.inputs, node.A_f))
+            ps.append(p)
             ys.append(np.clip(p, node.f_lo, node.f_hi))
-        return ys
+        return ps, ys
 
     def float_gradient(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """d (w_b . y_K(x_b)) / dx_b for a batch x (B, n_in) and output weights w (B, n_out): the
         float graph's gradient (clamps pass it where p is strictly inside their range)."""
-        ys: list[np.ndarray] = [np.asarray(x, dtype=np.float64)]
-        masks: list[np.ndarray | None] = [None]
-        for node in self.nodes[1:]:
-            p = node.c_f[None, :] + sum(_matmul(ys[i], A) for i, A in zip(node.inputs, node.A_f))
-            masks.append((p > node.f_lo) & (p < node.f_hi))
-            ys.append(np.clip(p, node.f_lo, node.f_hi))
+        ps, ys = self._forward_float(x)
         grads: dict[int, np.ndarray] = {self.output: np.asarray(w, dtype=np.float64)}
         for t in range(self.output, 0, -1):
             if t not in grads:
                 continue
             node = self.nodes[t]
-            g = grads.pop(t) * masks[t]
+            g = grads.pop(t) * ((ps[t] > node.f_lo) & (ps[t] < node.f_hi))
             for i, A in zip(node.inputs, node.A_f):
                 gi = np.asarray((A.T @ g.T).T) if sp.issparse(A) else g @ A
                 grads[i] = grads[i] + gi if i in grads else gi

@@ -112,10 +112,10 @@ def edge_attack(
     w[:, k] = sign
     x = np.clip(starts, box.low, box.high)
     best, best_x = -np.inf, x[0]
+    g = np.sign(net.float_gradient(x, w))
     for step in range(steps):
         if time.monotonic() > deadline:
             break
-        g = np.sign(net.float_gradient(x, w))
         if step > 0:  # the first candidates are the starting points' own cell edges
             size = np.maximum(0.1 * 0.8**step * box.width, 0.3 * s)
             x = np.clip(x + g * size * rng.random(x.shape), box.low, box.high)
