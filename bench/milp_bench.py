@@ -83,7 +83,7 @@ def main() -> None:
             t = time.monotonic()
             a = symbolic.differential_analysis(net, box)
             kw = {"witness": found} if "witness" in milp.milp_bounds.__code__.co_varnames else {}
-            res = milp.milp_bounds(net, box, a, time_limit=args.time_limit, **kw)
+            res = milp.milp_bounds(net, box, a, time_limit=args.time_limit, pg=pg, **kw)
             sec = time.monotonic() - t
             up = float(np.max(res.upper))
             inc = float(np.max(res.incumbent))

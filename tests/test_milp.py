@@ -11,6 +11,7 @@ import pytest
 
 from toolchain.certify import falsify, milp, symbolic
 from toolchain.certify.region import Box
+from toolchain.execute import run as run_executor
 from toolchain.merge import build
 from toolchain.tflite import prepare, reader
 
@@ -74,6 +75,70 @@ def test_exhaustive_int8_inputs(tiny, seed, rounding):
     assert np.all(m.upper <= exact + lsb + _margin(net, m.upper)), (m.upper, exact, lsb)
     # The incumbent is a point of the integer model: never above the bound.
     assert np.all(m.incumbent <= m.upper)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("seed", [0, 1])
+def test_device_ranges_cover_every_execution(tiny, seed):
+    """cells.device_ranges: on an int8 box they are the exhaustive min / max of every node's int8
+    tensor; on a float box no execution at sampled inputs (half of them on or within 1e-7 LSB of
+    a rounding edge) leaves them."""
+    from toolchain.certify import cells
+
+    fg, pg = tiny[seed]
+    index = {t.name: t.index for t in pg.graph.tensors}
+    rng = np.random.default_rng(seed)
+    for interface in ("int8", "float"):
+        net = build(fg, pg, interface)
+        box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7]))
+        s = net.input_scale
+        if interface == "int8":
+            box = box.snap_to_grid(s, net.input_zero_point)
+            axes = [np.arange(np.rint(lo / s), np.rint(hi / s) + 1) for lo, hi in zip(box.low, box.high)]
+            xs = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1) * s
+        else:
+            xs = box.sample(2000, rng)
+            edges = s * (np.round(xs / s - 0.5) + 0.5) + rng.choice([-1e-7, 0.0, 1e-7], size=xs.shape) * s
+            xs = np.clip(np.where(rng.random(xs.shape) < 0.5, edges, xs), box.low, box.high)
+        ranges = cells.device_ranges(net, pg, box)
+        r = run_executor(pg, falsify.quantized_input(net, pg, xs), keep_intermediates=True)
+        checked = 0
+        for t, node in enumerate(net.nodes):
+            if ranges[t] is None:
+                continue
+            v = r.tensors[index[node.tensor]].reshape(len(xs), -1).astype(np.int64) - node.zero_point
+            lo, hi = ranges[t]
+            assert np.all(v >= lo) and np.all(v <= hi), (interface, node.name)
+            if interface == "int8":
+                np.testing.assert_array_equal(lo, v.min(axis=0))
+                np.testing.assert_array_equal(hi, v.max(axis=0))
+            checked += 1
+        assert checked == len(net.nodes)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("seed", [0, 1])
+def test_device_ranges_keep_milp_sound_and_exact(tiny, seed):
+    """With the device's int8 ranges cutting the rounded values' integer ranges, the MILP bound
+    still holds against every int8 input of the box (and against edge-sampled float inputs), and
+    stays exact within one output LSB."""
+    fg, pg = tiny[seed]
+    net = build(fg, pg, "int8")
+    box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7])).snap_to_grid(net.input_scale, net.input_zero_point)
+    exact = _exhaustive(net, pg, box)
+    a = symbolic.differential_analysis(net, box)
+    m = milp.milp_bounds(net, box, a, time_limit=8.0, pg=pg)
+    assert np.all(m.upper >= exact), (m.upper, exact)
+    assert np.all(m.upper <= exact + net.nodes[net.output].scale + _margin(net, m.upper))
+    net = build(fg, pg, "float")
+    box = Box(np.array([-0.2, -0.1]), np.array([0.15, 0.2]))
+    rng = np.random.default_rng(seed)
+    s = net.input_scale
+    xs = box.sample(4000, rng)
+    xs = np.clip(np.where(rng.random(xs.shape) < 0.5, s * (np.round(xs / s - 0.5) + 0.5), xs), box.low, box.high)
+    m = milp.milp_bounds(net, box, symbolic.differential_analysis(net, box), time_limit=30.0, pg=pg,
+                         exact_rounding="never")
+    assert np.all(m.upper >= np.abs(falsify.errors(net, pg, xs)).max(axis=0))
 
 
 @pytest.mark.tf

@@ -131,7 +131,7 @@ def certify_region(
         from toolchain.certify import milp
 
         res = milp.milp_bounds(net, box, analysis, time_limit=max(1.0, time_limit - (time.monotonic() - t0)),
-                               witness=found)
+                               witness=found, pg=pg)
         upper = np.minimum(upper, res.upper)
     elif method in ("split", "auto"):
         remaining = max(0.0, time_limit - (time.monotonic() - t0))

@@ -100,6 +100,32 @@ def device_outputs(net: MergedNet, pg: PreparedGraph, box: Box) -> CellOutputs:
     return CellOutputs(k_lo, q.reshape(shape + (net.n_outputs,)))
 
 
+def device_ranges(net: MergedNet, pg: PreparedGraph, box: Box) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per merged node, the smallest and largest int8 value (zero point removed, LSB units) the
+    device's tensor takes on any input cell of the box: exact ranges of the quantized side, from
+    the executor run on every cell (at most a few hundred thousand of them, see cell_count).
+    None for nodes whose tensor the int8 graph does not hold."""
+    s = net.input_scale
+    k_lo, k_hi = _cell_range(box, s)
+    ks = [np.arange(a, b + 1) for a, b in zip(k_lo, k_hi)]
+    grids = np.meshgrid(*ks, indexing="ij")
+    flat = np.stack([g.ravel() for g in grids], axis=1)
+    index = {t.name: t.index for t in pg.graph.tensors}
+    wanted = [index.get(node.tensor) for node in net.nodes]
+    lo: list = [None] * len(net.nodes)
+    hi: list = [None] * len(net.nodes)
+    for start in range(0, flat.shape[0], _CHUNK):
+        x = s * flat[start:start + _CHUNK]
+        r = run(pg, F.quantized_input(net, pg, x), keep_intermediates=True, until=net.int8_output_tensor)
+        for t, ti in enumerate(wanted):
+            if ti is None or ti not in r.tensors or r.tensors[ti].dtype != np.int8:
+                continue
+            v = r.tensors[ti].reshape(len(x), -1).astype(np.int64) - net.nodes[t].zero_point
+            lo[t] = v.min(axis=0) if lo[t] is None else np.minimum(lo[t], v.min(axis=0))
+            hi[t] = v.max(axis=0) if hi[t] is None else np.maximum(hi[t], v.max(axis=0))
+    return [None if a is None else (a, b) for a, b in zip(lo, hi)]
+
+
 def cell_bounds(net: MergedNet, box: Box, bounds: list, outputs: CellOutputs) -> CellBounds:
     """Certified range of y_K - ŷ_K over the box from the device's output on each of its cells.
 

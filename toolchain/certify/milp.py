@@ -54,6 +54,8 @@ MIP_FEAS_TOL = 1e-6
 # Slack when deriving integer bounds from float ranges (in LSBs; only ever widens a range).
 _GRID_TOL = 1e-6
 MAX_NEURONS = 2000
+# Boxes meeting at most this many input cells get the device's exact int8 ranges (milp_bounds).
+ENUM_CELLS = 2**19
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,13 @@ def _scale(node) -> float:
     return s
 
 
-def encode(net: MergedNet, box: Box, analysis: Analysis) -> Encoding:
-    """Build the MILP in LSB units (see the module docstring)."""
+def encode(net: MergedNet, box: Box, analysis: Analysis, device_ranges: list | None = None) -> Encoding:
+    """Build the MILP in LSB units (see the module docstring).
+
+    device_ranges (cells.device_ranges: per node, the device's int8 values over every input cell
+    of the box, LSB units) narrow the rounded values' integer ranges: where the device's value
+    never reaches a clamp end, its pre-clamp integer k lies within the values seen. The model
+    then still holds every behaviour of the device."""
     if sum(n.size for n in net.nodes[1:]) > MAX_NEURONS:
         raise QassureError(f"the MILP engine handles up to {MAX_NEURONS} neurons; use split or differential")
     m = _Builder()
@@ -270,11 +277,17 @@ def encode(net: MergedNet, box: Box, analysis: Analysis) -> Encoding:
         aux += a
         klo = np.ceil(b.ul / s - _GRID_TOL)
         khi = np.floor(b.uh / s + _GRID_TOL)
+        dl, dh = b.dl / s, b.dh / s
+        if device_ranges is not None and device_ranges[t] is not None:
+            seen_lo, seen_hi = device_ranges[t]
+            klo = np.where(seen_lo > Lo, np.maximum(klo, seen_lo), klo)
+            khi = np.where(seen_hi < Hi, np.minimum(khi, seen_hi), khi)
+            khi = np.maximum(khi, klo)
+            dl, dh = np.maximum(dl, pl - khi), np.minimum(dh, ph - klo)
         k = m.var(n, klo, khi, integer=True)
         # |k - (A_q r_in + c_q) / s| <= noise / s
         m.affine(k, A_q, ins_q, node.c_q / s, slack=node.noise / s)
         # The differential engine's range of p - u (u = s k, rounding included).
-        dl, dh = b.dl / s, b.dh / s
         ok = np.isfinite(dl) | np.isfinite(dh)
         j = np.nonzero(ok)[0]
         rr = np.arange(j.size)
@@ -469,8 +482,13 @@ def milp_bounds(
     threads: int | None = None,
     exact_rounding: str = "auto",
     verbose: bool = False,
+    pg=None,
 ) -> MilpResult:
     """max and min of y_k - ŷ_k for every output k; sound bounds from the dual bound.
+
+    pg: the prepared int8 graph; when given and the box meets at most ENUM_CELLS input cells, the
+    executor runs on every cell first and the rounded values' integer ranges are cut to the
+    values the device takes (encode's device_ranges).
 
     witness: the falsifier's `Found` (or an array of inputs) to start the solver from.
     rel_gap: HiGHS's mip_rel_gap; each solve stops once its dual bound is within it.
@@ -485,7 +503,13 @@ def milp_bounds(
     if exact_rounding not in ("auto", "never", "always"):
         raise QassureError(f"exact_rounding must be auto, never or always, not {exact_rounding!r}")
     t0 = time.monotonic()
-    enc = encode(net, box, analysis)
+    ranges = None
+    if pg is not None:
+        from toolchain.certify import cells
+
+        if cells.cell_count(net, box) <= ENUM_CELLS:
+            ranges = cells.device_ranges(net, pg, box)
+    enc = encode(net, box, analysis, ranges)
     h = _highs(enc, threads, verbose)
     h.setOptionValue("mip_rel_gap", float(rel_gap))
     K = net.output
