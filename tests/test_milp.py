@@ -52,6 +52,15 @@ def _exhaustive(net, pg, box):
     return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
 
 
+def _int8_case(tiny, seed):
+    """A tiny net with int8 inputs, a fixed box snapped to its grid, the exhaustive maximum error over
+    every grid point of it and its differential analysis: (net, pg, box, exact, analysis)."""
+    fg, pg = tiny[seed]
+    net = build(fg, pg, "int8")
+    box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7])).snap_to_grid(net.input_scale, net.input_zero_point)
+    return net, pg, box, _exhaustive(net, pg, box), symbolic.differential_analysis(net, box)
+
+
 def _margin(net, upper):
     s_K = net.nodes[net.output].scale
     return max(milp.MILP_ABS_MARGIN, milp.MILP_LSB_MARGIN * s_K) + milp.MILP_REL_MARGIN * upper
@@ -61,11 +70,7 @@ def _margin(net, upper):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("rounding", ["auto", "never"])
 def test_exhaustive_int8_inputs(tiny, seed, rounding):
-    fg, pg = tiny[seed]
-    net = build(fg, pg, "int8")
-    box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7])).snap_to_grid(net.input_scale, net.input_zero_point)
-    exact = _exhaustive(net, pg, box)
-    a = symbolic.differential_analysis(net, box)
+    net, pg, box, exact, a = _int8_case(tiny, seed)
     m = milp.milp_bounds(net, box, a, time_limit=30.0, exact_rounding=rounding)
     assert np.all(np.isfinite(m.upper))
     assert np.all(m.upper >= exact), (m.upper, exact)
@@ -122,15 +127,11 @@ def test_device_ranges_keep_milp_sound_and_exact(tiny, seed):
     """With the device's int8 ranges cutting the rounded values' integer ranges, the MILP bound
     still holds against every int8 input of the box (and against edge-sampled float inputs), and
     stays exact within one output LSB."""
-    fg, pg = tiny[seed]
-    net = build(fg, pg, "int8")
-    box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7])).snap_to_grid(net.input_scale, net.input_zero_point)
-    exact = _exhaustive(net, pg, box)
-    a = symbolic.differential_analysis(net, box)
+    net, pg, box, exact, a = _int8_case(tiny, seed)
     m = milp.milp_bounds(net, box, a, time_limit=8.0, pg=pg)
     assert np.all(m.upper >= exact), (m.upper, exact)
     assert np.all(m.upper <= exact + net.nodes[net.output].scale + _margin(net, m.upper))
-    net = build(fg, pg, "float")
+    net = build(tiny[seed][0], pg, "float")
     box = Box(np.array([-0.2, -0.1]), np.array([0.15, 0.2]))
     rng = np.random.default_rng(seed)
     s = net.input_scale

@@ -65,6 +65,15 @@ def _cell_range(box: Box, s: float) -> tuple[np.ndarray, np.ndarray]:
     return k_lo, k_hi
 
 
+def _cell_grid(box: Box, s: float) -> tuple[np.ndarray, tuple[int, ...], np.ndarray]:
+    """The cells a box meets: first index per input, count per input, and every cell's index
+    vector (cells, D) in C order of that grid."""
+    k_lo, k_hi = _cell_range(box, s)
+    ks = [np.arange(a, b + 1) for a, b in zip(k_lo, k_hi)]
+    grids = np.meshgrid(*ks, indexing="ij")
+    return k_lo, tuple(k.size for k in ks), np.stack([g.ravel() for g in grids], axis=1)
+
+
 @dataclass(frozen=True)
 class CellOutputs:
     """The device's certified tensor on every input cell a box meets: cell indices k_lo[d] + i
@@ -87,11 +96,7 @@ def device_outputs(net: MergedNet, pg: PreparedGraph, box: Box) -> CellOutputs:
     """Run the exact executor once per input cell of the box, at the cell's grid value s k (whose
     quantization is k, clamped to int8 as on the device)."""
     s = net.input_scale
-    k_lo, k_hi = _cell_range(box, s)
-    ks = [np.arange(a, b + 1) for a, b in zip(k_lo, k_hi)]
-    shape = tuple(k.size for k in ks)
-    grids = np.meshgrid(*ks, indexing="ij")
-    flat = np.stack([g.ravel() for g in grids], axis=1)
+    k_lo, shape, flat = _cell_grid(box, s)
     q = np.empty((flat.shape[0], net.n_outputs), dtype=np.int8)
     for start in range(0, flat.shape[0], _CHUNK):
         x = s * flat[start:start + _CHUNK]
@@ -106,10 +111,7 @@ def device_ranges(net: MergedNet, pg: PreparedGraph, box: Box) -> list[tuple[np.
     the executor run on every cell (at most a few hundred thousand of them, see cell_count).
     None for nodes whose tensor the int8 graph does not hold."""
     s = net.input_scale
-    k_lo, k_hi = _cell_range(box, s)
-    ks = [np.arange(a, b + 1) for a, b in zip(k_lo, k_hi)]
-    grids = np.meshgrid(*ks, indexing="ij")
-    flat = np.stack([g.ravel() for g in grids], axis=1)
+    _, _, flat = _cell_grid(box, s)
     index = {t.name: t.index for t in pg.graph.tensors}
     wanted = [index.get(node.tensor) for node in net.nodes]
     lo: list = [None] * len(net.nodes)
