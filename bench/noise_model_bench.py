@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from toolchain.certify import falsify, milp, symbolic  # noqa: E402
 from toolchain.certify.region import Box  # noqa: E402
-from toolchain.merge import MergedNet, build  # noqa: E402
+from toolchain.merge import MergedNet, _matmul, build  # noqa: E402
 from toolchain.tflite import prepare, reader  # noqa: E402
 
 CASES = {
@@ -60,18 +60,14 @@ def noise_forward(net: MergedNet, analysis: symbolic.Analysis, x: np.ndarray, ep
             p = x
             v = x
         else:
-            p = node.c_f + sum(_mm(out[i][1], A) for i, A in zip(node.inputs, node.A_f))
-            v = node.c_q + sum(_mm(out[i][3], A) for i, A in zip(node.inputs, node.A_q))
+            p = node.c_f + sum(_matmul(out[i][1], A) for i, A in zip(node.inputs, node.A_f))
+            v = node.c_q + sum(_matmul(out[i][3], A) for i, A in zip(node.inputs, node.A_q))
         if node.linear_only:
             out.append((p, p, v, v))
             continue
         u = np.clip(v + eps[t] * node.noise, np.maximum(v - node.noise, b.ul), np.minimum(v + node.noise, b.uh))
         out.append((p, np.clip(p, node.f_lo, node.f_hi), u, np.clip(u, node.q_lo, node.q_hi)))
     return out
-
-
-def _mm(x: np.ndarray, A) -> np.ndarray:
-    return np.asarray((A @ x.T).T)
 
 
 def noise_attack(net, analysis, box: Box, starts: np.ndarray, k: int, sign: float, steps: int = 300,
@@ -112,7 +108,7 @@ def noise_attack(net, analysis, box: Box, starts: np.ndarray, k: int, sign: floa
                 grad_x = gf + gq
                 break
             for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q):
-                gfi, gqi = _mm(gf, Af.T), _mm(gq, Aq.T)
+                gfi, gqi = _matmul(gf, Af.T), _matmul(gq, Aq.T)
                 g_f[i] = g_f[i] + gfi if i in g_f else gfi
                 g_q[i] = g_q[i] + gqi if i in g_q else gqi
         x = np.clip(x + step * np.sign(grad_x), box.low, box.high)
@@ -123,30 +119,18 @@ def noise_attack(net, analysis, box: Box, starts: np.ndarray, k: int, sign: floa
 
 def bound_vertex(net: MergedNet, analysis: symbolic.Analysis, box: Box, k: int, sign: float):
     """The input and rounding terms at which the differential engine's final linear bound of
-    sign * (y_k - ŷ_k) is largest: the same back-substitution (symbolic._relax_node), keeping the
-    coefficient of every rounding term; each term then sits at the end its coefficient favours and
-    each input at the end of the box its coefficient favours. Returns (x (1, n_in), eps)."""
+    sign * (y_k - ŷ_k) is largest: the same back-substitution, keeping the coefficient of every
+    rounding term; each term then sits at the end its coefficient favours and each input at the
+    end of the box its coefficient favours. Returns (x (1, n_in), eps)."""
     K = net.output
     n = net.nodes[K].size
     Lf, Lq = np.zeros((1, n)), np.zeros((1, n))
     Lf[0, k], Lq[0, k] = sign, -sign
-    P, U, _ = symbolic._relax_node(net.nodes[K], analysis.bounds[K], Lf, Lq)
-    pending, lam_f, lam_q = {K: (P, U)}, {}, {}
-    eps = [np.zeros((1, node.size)) for node in net.nodes]
-    for t in range(K, -1, -1):
-        if t in pending:
-            Pt, Ut = pending.pop(t)
-        elif t in lam_f:
-            Pt, Ut, _ = symbolic._relax_node(net.nodes[t], analysis.bounds[t], lam_f.pop(t), lam_q.pop(t))
-        else:
-            continue
-        eps[t] = np.sign(Ut)
-        if t == 0:
-            return np.where(Pt + Ut > 0, box.high, box.low), eps
-        for i, Af, Aq in zip(net.nodes[t].inputs, net.nodes[t].A_f, net.nodes[t].A_q):
-            lf, lq = symbolic._rmul(Pt, Af), symbolic._rmul(Ut, Aq)
-            lam_f[i], lam_q[i] = (lam_f[i] + lf, lam_q[i] + lq) if i in lam_f else (lf, lq)
-    raise AssertionError("the back-substitution did not reach the input")
+    P, U, c = symbolic._relax_node(net.nodes[K], analysis.bounds[K], Lf, Lq)
+    terms: dict[int, np.ndarray] = {}
+    G, _ = symbolic._back_substitute(net, K, P, U, c, analysis.bounds, box, linear=True, rounding_terms=terms)
+    eps = [np.sign(terms[t]) if t in terms else np.zeros((1, node.size)) for t, node in enumerate(net.nodes)]
+    return np.where(G > 0, box.high, box.low), eps
 
 
 def noise_model_point(net, box, analysis, found, steps: int) -> float:

@@ -95,14 +95,22 @@ class CellOutputs:
 def device_outputs(net: MergedNet, pg: PreparedGraph, box: Box) -> CellOutputs:
     """Run the exact executor once per input cell of the box, at the cell's grid value s k (whose
     quantization is k, clamped to int8 as on the device)."""
-    s = net.input_scale
-    k_lo, shape, flat = _cell_grid(box, s)
+    k_lo, shape, flat = _cell_grid(box, net.input_scale)
     q = np.empty((flat.shape[0], net.n_outputs), dtype=np.int8)
-    for start in range(0, flat.shape[0], _CHUNK):
-        x = s * flat[start:start + _CHUNK]
-        r = run(pg, F.quantized_input(net, pg, x), until=net.int8_output_tensor)
-        q[start:start + _CHUNK] = r.output.reshape(len(x), -1)
+    for at, r in _runs_on_cells(net, pg, flat, keep_intermediates=False):
+        q[at] = r.output.reshape(at.stop - at.start, -1)
     return CellOutputs(k_lo, q.reshape(shape + (net.n_outputs,)))
+
+
+def _runs_on_cells(net: MergedNet, pg: PreparedGraph, flat: np.ndarray, keep_intermediates: bool):
+    """The executor on cells (their index vectors `flat`, (cells, D)) at their grid values s k, in
+    chunks of _CHUNK up to the certified tensor: yields (slice of `flat`, Run)."""
+    s = net.input_scale
+    for start in range(0, flat.shape[0], _CHUNK):
+        at = slice(start, min(start + _CHUNK, flat.shape[0]))
+        x = s * flat[at]
+        yield at, run(pg, F.quantized_input(net, pg, x), keep_intermediates=keep_intermediates,
+                      until=net.int8_output_tensor)
 
 
 def device_ranges(net: MergedNet, pg: PreparedGraph, box: Box) -> list[tuple[np.ndarray, np.ndarray] | None]:
@@ -110,19 +118,16 @@ def device_ranges(net: MergedNet, pg: PreparedGraph, box: Box) -> list[tuple[np.
     device's tensor takes on any input cell of the box: exact ranges of the quantized side, from
     the executor run on every cell (at most a few hundred thousand of them, see cell_count).
     None for nodes whose tensor the int8 graph does not hold."""
-    s = net.input_scale
-    _, _, flat = _cell_grid(box, s)
+    _, _, flat = _cell_grid(box, net.input_scale)
     index = {t.name: t.index for t in pg.graph.tensors}
     wanted = [index.get(node.tensor) for node in net.nodes]
     lo: list = [None] * len(net.nodes)
     hi: list = [None] * len(net.nodes)
-    for start in range(0, flat.shape[0], _CHUNK):
-        x = s * flat[start:start + _CHUNK]
-        r = run(pg, F.quantized_input(net, pg, x), keep_intermediates=True, until=net.int8_output_tensor)
+    for at, r in _runs_on_cells(net, pg, flat, keep_intermediates=True):
         for t, ti in enumerate(wanted):
             if ti is None or ti not in r.tensors or r.tensors[ti].dtype != np.int8:
                 continue
-            v = r.tensors[ti].reshape(len(x), -1).astype(np.int64) - net.nodes[t].zero_point
+            v = r.tensors[ti].reshape(at.stop - at.start, -1).astype(np.int64) - net.nodes[t].zero_point
             lo[t] = v.min(axis=0) if lo[t] is None else np.minimum(lo[t], v.min(axis=0))
             hi[t] = v.max(axis=0) if hi[t] is None else np.maximum(hi[t], v.max(axis=0))
     return [None if a is None else (a, b) for a, b in zip(lo, hi)]

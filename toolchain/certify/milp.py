@@ -42,6 +42,7 @@ from toolchain.certify.region import Box
 from toolchain.certify.symbolic import Analysis, exact_input
 from toolchain.errors import QassureError
 from toolchain.merge import MergedNet
+from toolchain.tflite.prepare import PreparedGraph
 
 # Safety margin for HiGHS tolerances (see the module docstring); real units / output LSBs / relative.
 MILP_ABS_MARGIN = 1e-5
@@ -482,7 +483,7 @@ def milp_bounds(
     threads: int | None = None,
     exact_rounding: str = "auto",
     verbose: bool = False,
-    pg=None,
+    pg: PreparedGraph | None = None,
 ) -> MilpResult:
     """max and min of y_k - ŷ_k for every output k; sound bounds from the dual bound.
 

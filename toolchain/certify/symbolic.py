@@ -220,10 +220,12 @@ def _relax_node(node: Node, b: NodeBounds, Lf: np.ndarray, Lq: np.ndarray) -> tu
 
 def _back_substitute(
     net: MergedNet, start: int, P: np.ndarray, U: np.ndarray, const: np.ndarray, bounds: list[NodeBounds], box: Box,
-    linear: bool = False,
+    linear: bool = False, rounding_terms: dict[int, np.ndarray] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Upper bounds of P·p_start + U·u_start + const over the box, pushed back to the input; with
-    `linear`, the bounding affine function of x itself, (G, k): every row <= G x + k on the box."""
+    `linear`, the bounding affine function of x itself, (G, k): every row <= G x + k on the box.
+    `rounding_terms`, when given, receives per node the coefficients (R, n) of its rounding terms
+    (each bounded by |coefficient| x noise)."""
     R = P.shape[0]
     lam_f: dict[int, np.ndarray] = {}
     lam_q: dict[int, np.ndarray] = {}
@@ -239,6 +241,8 @@ def _back_substitute(
             continue
         node = net.nodes[t]
         const += Pt @ node.c_f + Ut @ node.c_q + np.abs(Ut) @ node.noise
+        if rounding_terms is not None:
+            rounding_terms[t] = Ut
         if t == 0:
             # p_0 = x and u_0 = x + eps_0; where the whole box lies in one rounding cell of the
             # input quantization, u_0 is that cell's constant instead.
