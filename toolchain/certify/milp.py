@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from toolchain.certify import relax
 from toolchain.certify.region import Box
 from toolchain.certify.symbolic import Analysis, exact_input
 from toolchain.errors import QassureError
@@ -305,8 +306,9 @@ def _difference_rows(m: _Builder, node, s, p, y, k, r, kmin, pl, ph, klo, khi, d
 
     Where the float clamp is g(w) = max(w, Lo) over both sides' ranges (same lower kink as the
     int8 clamp, float ceiling out of reach: ReLU layers), y - r = [g(p) - g(k)] + (k - min(k, Hi)),
-    and g(p) - g(k) lies between min(0, delta) and max(0, delta) (g is monotone, 1-Lipschitz):
-    the chords of those over [dl, dh] are valid rows. They tie the two sides' ReLU phases
+    and g(p) - g(k) lies between min(0, delta) and max(0, delta) (g is monotone, 1-Lipschitz),
+    narrowed where p or k stays on one piece of g: the lines of relax.clamp_difference_lines
+    (the differential engine's own) are valid rows. They tie the two sides' ReLU phases
     together in the LP relaxation, which the per-side big-M rows alone do not."""
     F_lo, F_hi = node.f_lo / s, node.f_hi / s
     ok = (np.isfinite(Lo) & np.isfinite(F_lo) & (np.abs(F_lo - Lo) <= 1e-9 * np.maximum(1.0, np.abs(Lo)))
@@ -316,12 +318,9 @@ def _difference_rows(m: _Builder, node, s, p, y, k, r, kmin, pl, ph, klo, khi, d
     j = np.nonzero(ok)[0]
     if j.size == 0:
         return
-    dl, dh = dl[j], dh[j]
-    w = np.maximum(dh - dl, 1e-12)
-    a_u = np.where(dl >= 0, 1.0, np.where(dh <= 0, 0.0, dh / w))
-    b_u = np.where((dl >= 0) | (dh <= 0), 0.0, -a_u * dl)
-    a_l = np.where(dh <= 0, 1.0, np.where(dl >= 0, 0.0, -dl / w))
-    b_l = np.where((dh <= 0) | (dl >= 0), 0.0, dl - a_l * dl)
+    F_lo, F_hi = np.broadcast_to(F_lo, pl.shape), np.broadcast_to(F_hi, pl.shape)
+    lines = relax.clamp_difference_lines(pl[j], ph[j], klo[j], khi[j], dl[j], dh[j], F_lo[j], F_hi[j])
+    a_u, b_u, a_l, b_l = lines.alpha_u, lines.beta_u, lines.alpha_l, lines.beta_l
     n = j.size
     rr = np.arange(n)
     one = np.ones(n)

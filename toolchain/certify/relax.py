@@ -81,12 +81,57 @@ def difference_of_clamps_lines(
     return _vertex_lines(h, lo, hi, breaks)
 
 
-def lipschitz_difference_lines(d_lo: np.ndarray, d_hi: np.ndarray) -> Lines:
-    """A = f(p) - f(u) for a nondecreasing 1-Lipschitz f, in terms of delta = p - u in [d_lo, d_hi]:
-    min(0, delta) <= A <= max(0, delta); the chords of those two functions bound A linearly."""
-    upper = _vertex_lines(lambda z: np.maximum(z, 0.0), d_lo, d_hi, [np.zeros_like(d_lo)])
-    lower = _vertex_lines(lambda z: np.minimum(z, 0.0), d_lo, d_hi, [np.zeros_like(d_lo)])
-    return Lines(lower.alpha_l, lower.beta_l, upper.alpha_u, upper.beta_u)
+def _chord(v_lo: np.ndarray, v_hi: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and offset of the line through (lo, v_lo) and (hi, v_hi); a flat line at the smaller
+    value where the interval is a point."""
+    width = hi - lo
+    wide = width > 1e-300
+    slope = np.where(wide, (v_hi - v_lo) / np.where(wide, width, 1.0), 0.0)
+    offset = np.where(wide, v_lo - slope * lo, np.minimum(v_lo, v_hi))
+    return slope, offset
+
+
+def clamp_difference_lines(
+    pl: np.ndarray, ph: np.ndarray, ul: np.ndarray, uh: np.ndarray, d_lo: np.ndarray, d_hi: np.ndarray,
+    lo: np.ndarray, hi: np.ndarray,
+) -> Lines:
+    """A = f(p) - f(u) for the clamp f to [lo, hi], in terms of delta = p - u in [d_lo, d_hi],
+    using where p and u lie, not only delta.
+
+    Always min(0, delta) <= A <= max(0, delta) (f is monotone and 1-Lipschitz). Where one side stays
+    on one piece of f that tightens, e.g. for p in the linear piece and u <= hi (a ReLU whose float
+    value is surely active while the int8 one may not be): A = p - max(u, lo) = min(delta, p - lo),
+    so delta >= A >= min(delta, pl - lo). Each case gives A >= min(delta + a_l, c_l) and
+    A <= max(delta + a_u, c_u) (an infinite constant drops that piece); below, the chord of the
+    concave lower function, above, the chord of the convex upper one. Every case's functions lie
+    within the generic ones, so these lines are never looser at any delta of the range."""
+    zero = np.zeros_like(d_lo)
+    inf = np.full_like(d_lo, np.inf)
+    a_l, c_l, a_u, c_u = zero.copy(), zero.copy(), zero.copy(), zero.copy()
+    p_lin = (pl >= lo) & (ph <= hi)
+    u_lin = (ul >= lo) & (uh <= hi)
+    cases = (
+        # p linear: A = p - f(u).
+        (p_lin & (uh <= hi), zero, pl - lo, zero, -inf),  # u may be clamped low: min(delta, p - lo)
+        (p_lin & (ul >= lo), zero, inf, zero, ph - hi),  # u may be clamped high: max(delta, p - hi)
+        # u linear: A = f(p) - u.
+        (u_lin & (ph <= hi), zero, inf, zero, lo - ul),  # max(delta, lo - u)
+        (u_lin & (pl >= lo), zero, hi - uh, zero, -inf),  # min(delta, hi - u)
+        # p clamped low (A = lo - f(u) <= 0) / high (A = hi - f(u) >= 0).
+        ((ph <= lo) & (uh <= hi), lo - ph, zero, -inf, zero),  # min(0, delta + lo - p)
+        ((pl >= hi) & (ul >= lo), inf, zero, hi - pl, zero),  # max(0, delta + hi - p)
+        # u clamped low (A = f(p) - lo >= 0) / high (A = f(p) - hi <= 0).
+        ((uh <= lo) & (ph <= hi), inf, zero, uh - lo, zero),  # max(0, delta + u - lo)
+        ((ul >= hi) & (pl >= lo), ul - hi, zero, -inf, zero),  # min(0, delta + u - hi)
+    )
+    for where, al, cl, au, cu in cases:
+        a_l, c_l = np.where(where, al, a_l), np.where(where, cl, c_l)
+        a_u, c_u = np.where(where, au, a_u), np.where(where, cu, c_u)
+    lower = [np.minimum(d + a_l, c_l) for d in (d_lo, d_hi)]
+    upper = [np.maximum(d + a_u, c_u) for d in (d_lo, d_hi)]
+    alpha_l, beta_l = _chord(*lower, d_lo, d_hi)
+    alpha_u, beta_u = _chord(*upper, d_lo, d_hi)
+    return Lines(alpha_l, beta_l, alpha_u, beta_u)
 
 
 def pick(coef: np.ndarray, lines: Lines) -> tuple[np.ndarray, np.ndarray]:

@@ -44,16 +44,17 @@ class NodeBounds:
         """Lines for y = f(p), ŷ = g(u), A = f(p) - f(u) and B = f(u) - g(u) (in u).
 
         A is bounded in (p, u) as rows (coef_p, coef_u, const) for below and above: through delta =
-        p - u (f is monotone and 1-Lipschitz: A between min(0, delta) and max(0, delta); exactly
-        delta or 0 where p and u share one piece of f), or, where that is tighter over the box,
-        with each side relaxed on its own."""
+        p - u (f is monotone and 1-Lipschitz: A between min(0, delta) and max(0, delta), narrowed
+        where one side stays on one piece of f, relax.clamp_difference_lines; exactly delta or 0
+        where p and u share one piece), or, where that is tighter over the box, with each side
+        relaxed on its own."""
         if self._lines is None:
             lines_y = relax.clamp_lines(self.pl, self.ph, node.f_lo, node.f_hi)
             lines_q = relax.clamp_lines(self.ul, self.uh, node.q_lo, node.q_hi)
             lo_all, hi_all = np.minimum(self.pl, self.ul), np.maximum(self.ph, self.uh)
             ident = (lo_all >= node.f_lo) & (hi_all <= node.f_hi)
             flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
-            la = relax.lipschitz_difference_lines(self.dl, self.dh)
+            la = relax.clamp_difference_lines(self.pl, self.ph, self.ul, self.uh, self.dl, self.dh, node.f_lo, node.f_hi)
             one, zero = np.ones_like(self.dl), np.zeros_like(self.dl)
             al = np.where(ident, one, np.where(flat, zero, la.alpha_l))
             bl = np.where(ident | flat, zero, la.beta_l)
