@@ -435,13 +435,33 @@ def _highs(enc: Encoding, threads: int | None, verbose: bool):
     return h
 
 
-def _fallback_inputs(box: Box, witness, n: int = 64) -> np.ndarray:
+def _fallback_inputs(box: Box, witness, extra: np.ndarray | None = None, n: int = 64) -> np.ndarray:
     rng = np.random.default_rng(0)
     pts = [box.center[None], box.sample(n, rng), box.corners(n, rng)]
+    if extra is not None:
+        pts.append(np.atleast_2d(extra))
     if witness is not None:
         w = getattr(witness, "inputs", witness)
         pts.append(np.atleast_2d(np.asarray(w, dtype=np.float64)))
     return np.clip(np.vstack(pts), box.low, box.high)
+
+
+def _margin(bound: float, s_K: float) -> float:
+    """The margin added to a bound (real units) for HiGHS's tolerances (module docstring)."""
+    return max(MILP_ABS_MARGIN, MILP_LSB_MARGIN * s_K) + MILP_REL_MARGIN * abs(bound)
+
+
+def _solver_gap(rel_gap: float, expected: float, s_K: float) -> float:
+    """HiGHS's mip_rel_gap for a wanted gap between the certified bound and the incumbent.
+
+    HiGHS stops once (dual - inc) / inc <= g (inc: its incumbent); the certified bound is dual + m
+    (m the margin), and (dual + m - inc) / (dual + m) <= rel_gap holds once
+    g <= rel_gap - (1 - rel_gap) m / inc. `expected` (LSB units) is the best start point's
+    objective, which the incumbent never falls below; at least a quarter of rel_gap is kept."""
+    if expected <= 0:
+        return rel_gap / 2
+    m = _margin(expected * s_K, s_K) / s_K
+    return float(max(rel_gap / 4, rel_gap - (1 - rel_gap) * m / expected))
 
 
 def _solve_side(h, highspy, n_col, yk, rk, sign, start, start_val, cutoff, seconds):
@@ -488,10 +508,12 @@ def milp_bounds(
 
     pg: the prepared int8 graph; when given and the box meets at most ENUM_CELLS input cells, the
     executor runs on every cell first and the rounded values' integer ranges are cut to the
-    values the device takes (encode's device_ranges).
+    values the device takes (encode's device_ranges); the inputs where the cells' bound is
+    reached (cells.cell_bounds) join the starting points.
 
     witness: the falsifier's `Found` (or an array of inputs) to start the solver from.
-    rel_gap: HiGHS's mip_rel_gap; each solve stops once its dual bound is within it.
+    rel_gap: each solve stops once its certified bound (dual bound plus the margin) is within
+    this of its incumbent: HiGHS's mip_rel_gap is set that much below rel_gap (_solver_gap).
     exact_rounding: "never" relaxes the hidden layers' rounded values to continuous values in
     [v - noise, v + noise] (a superset of the device's behaviour: sound, slightly looser, much
     faster); "always" keeps them integer; "auto" first solves the relaxed model, then spends any
@@ -504,14 +526,18 @@ def milp_bounds(
         raise QassureError(f"exact_rounding must be auto, never or always, not {exact_rounding!r}")
     t0 = time.monotonic()
     ranges = None
+    cell_points = None
     if pg is not None:
         from toolchain.certify import cells
 
         if cells.cell_count(net, box) <= ENUM_CELLS:
             ranges = cells.device_ranges(net, pg, box)
+            # The inputs where the cells' own bound is reached start the solver near the optimum:
+            # with a good incumbent each solve only has to prove its dual bound down to it.
+            outputs = cells.device_outputs(net, pg, box)
+            cell_points = cells.cell_bounds(net, box, analysis.bounds, outputs).candidates
     enc = encode(net, box, analysis, ranges)
     h = _highs(enc, threads, verbose)
-    h.setOptionValue("mip_rel_gap", float(rel_gap))
     K = net.output
     s_K = enc.scales[K]
     yk, rk = enc.nodes[K].y, enc.nodes[K].r
@@ -531,7 +557,7 @@ def milp_bounds(
 
     in_cols = enc.nodes[0].x if enc.nodes[0].x is not None else enc.nodes[0].y
     # Starting points: the model at the witness and at sampled inputs.
-    starts = assignment(net, enc, _fallback_inputs(box, witness))
+    starts = assignment(net, enc, _fallback_inputs(box, witness, cell_points))
     d_start = starts[:, yk] - starts[:, rk]  # (B, n_out), LSB units
     phases = {"never": [False], "always": [True], "auto": [False, True]}[exact_rounding]
     if not hidden_k.size:
@@ -559,6 +585,7 @@ def milp_bounds(
                 # The first phase may use all the time; later phases get what is left.
                 share = remaining / max(1, solves_left - 2 * n_out * (len(phases) - ph_i - 1))
                 solves_left -= 1
+                h.setOptionValue("mip_rel_gap", _solver_gap(rel_gap, float(vals[best]), s_K))
                 b, i, msg, x = _solve_side(h, highspy, n_col, int(yk[k]), int(rk[k]), sign, starts[best],
                                            float(vals[best]), cutoff, share)
                 if integer:
@@ -592,8 +619,7 @@ def milp_bounds(
             sides.append(diff)
             status.append(f"out {k} {'max' if sign > 0 else 'min'}: differential bound used")
         u_real = max(max(sides), 0.0) * s_K
-        margin = max(MILP_ABS_MARGIN, MILP_LSB_MARGIN * s_K) + MILP_REL_MARGIN * abs(u_real)
-        upper[k] = u_real + margin
+        upper[k] = u_real + _margin(u_real, s_K)
         incumbent[k] = max(0.0, inc.get((k, 1.0), 0.0), inc.get((k, -1.0), 0.0)) * s_K
         gap[k] = (upper[k] - incumbent[k]) / max(upper[k], 1e-300)
     stats = {"columns": n_col, "rows": enc.builder.n_row, "binaries": enc.builder.n_binary,
