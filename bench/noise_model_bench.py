@@ -175,7 +175,8 @@ def lp_barrier(net: MergedNet, box: Box, analysis: symbolic.Analysis) -> float:
     bounds = [copy.deepcopy(b) for b in analysis.bounds]
 
     def relaxed_lp():
-        enc = milp.encode(net, box, symbolic.Analysis(analysis.upper, analysis.err_low, analysis.err_high, bounds))
+        ranges = symbolic.Analysis(analysis.upper, analysis.err_low, analysis.err_high, bounds)
+        enc = milp.encode(net, box, ranges)
         h = milp._highs(enc, None, False)  # HiGHS keeps its first thread count per process
         n = enc.builder.n_col
         cols = np.arange(n, dtype=np.int32)
@@ -255,7 +256,8 @@ def main() -> None:
             # A point of the differential engine's own model: its bound must hold there.
             assert point <= da.upper[k] * (1 + 1e-9) + 1e-12, "noise-model point above the differential bound"
             print(f"| {name} | {r} | {i:.4g} | {d:.4g} | {i / d:.1f} | {found.lower.max():.4g} | {point:.4g} | "
-                  f"{dual:.4g} | {lp:.4g} | {i / lp:.1f} | {i / point:.1f} | {time.monotonic() - t0:.0f} |", flush=True)
+                  f"{dual:.4g} | {lp:.4g} | {i / lp:.1f} | {i / point:.1f} | {time.monotonic() - t0:.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ def _chord_value(h, z, dl, dh):
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.data(), hi_finite=st.booleans())
-def test_clamp_difference_lines_hold_and_never_loosen(data, hi_finite):
-    lo = 0.0
-    hi = data.draw(st.floats(0.2, 3.0)) if hi_finite else np.inf
+@given(data=st.data(), lo=st.sampled_from([0.0, -0.7, -np.inf]), hi_finite=st.booleans())
+def test_clamp_difference_lines_hold_and_never_loosen(data, lo, hi_finite):
+    # ReLU (floor 0), a clamp with a negative floor (zero point above -128), a ceiling alone.
+    hi = data.draw(st.floats(0.2, 3.0)) if hi_finite or not np.isfinite(lo) else np.inf
     # (+ 0.0 turns -0.0 into 0.0, which numpy's uniform(0.0, -0.0) would refuse)
     pl, ph = sorted(data.draw(st.floats(-4, 4)) + 0.0 for _ in range(2))
     ul, uh = sorted(data.draw(st.floats(-4, 4)) + 0.0 for _ in range(2))
@@ -48,7 +48,8 @@ def test_clamp_difference_lines_hold_and_never_loosen(data, hi_finite):
     arr = [np.array([v]) for v in (pl, ph, ul, uh, dl, dh, lo, hi)]
     lines = relax.clamp_difference_lines(*arr)
     al, bl, au, bu = (float(v[0]) for v in (lines.alpha_l, lines.beta_l, lines.alpha_u, lines.beta_u))
-    ps, us = _points(pl, ph, ul, uh, dl, dh, [lo] + ([hi] if np.isfinite(hi) else []), np.random.default_rng(0))
+    kinks = [v for v in (lo, hi) if np.isfinite(v)]
+    ps, us = _points(pl, ph, ul, uh, dl, dh, kinks, np.random.default_rng(0))
     d = ps - us
     a = np.clip(ps, lo, hi) - np.clip(us, lo, hi)
     assert np.all(al * d + bl <= a + _TOL)

@@ -81,7 +81,7 @@ def difference_of_clamps_lines(
     return _vertex_lines(h, lo, hi, breaks)
 
 
-def _chord(v_lo: np.ndarray, v_hi: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _chord(v_lo: np.ndarray, v_hi: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
     """Slope and offset of the line through (lo, v_lo) and (hi, v_hi); a flat line at the smaller
     value where the interval is a point."""
     width = hi - lo

@@ -54,7 +54,8 @@ class NodeBounds:
             lo_all, hi_all = np.minimum(self.pl, self.ul), np.maximum(self.ph, self.uh)
             ident = (lo_all >= node.f_lo) & (hi_all <= node.f_hi)
             flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
-            la = relax.clamp_difference_lines(self.pl, self.ph, self.ul, self.uh, self.dl, self.dh, node.f_lo, node.f_hi)
+            la = relax.clamp_difference_lines(self.pl, self.ph, self.ul, self.uh, self.dl, self.dh,
+                                              node.f_lo, node.f_hi)
             one, zero = np.ones_like(self.dl), np.zeros_like(self.dl)
             al = np.where(ident, one, np.where(flat, zero, la.alpha_l))
             bl = np.where(ident | flat, zero, la.beta_l)
