@@ -118,19 +118,31 @@ def device_ranges(net: MergedNet, pg: PreparedGraph, box: Box) -> list[tuple[np.
     device's tensor takes on any input cell of the box: exact ranges of the quantized side, from
     the executor run on every cell (at most a few hundred thousand of them, see cell_count).
     None for nodes whose tensor the int8 graph does not hold."""
-    _, _, flat = _cell_grid(box, net.input_scale)
+    return device_ranges_and_outputs(net, pg, box, with_outputs=False)[0]
+
+
+def device_ranges_and_outputs(
+    net: MergedNet, pg: PreparedGraph, box: Box, with_outputs: bool,
+) -> tuple[list[tuple[np.ndarray, np.ndarray] | None], CellOutputs | None]:
+    """device_ranges and, with `with_outputs`, device_outputs of the same box from one run of the
+    executor on its cells."""
+    k_lo, shape, flat = _cell_grid(box, net.input_scale)
     index = {t.name: t.index for t in pg.graph.tensors}
     wanted = [index.get(node.tensor) for node in net.nodes]
     lo: list = [None] * len(net.nodes)
     hi: list = [None] * len(net.nodes)
+    q = np.empty((flat.shape[0], net.n_outputs), dtype=np.int8) if with_outputs else None
     for at, r in _runs_on_cells(net, pg, flat, keep_intermediates=True):
+        if q is not None:
+            q[at] = r.output.reshape(at.stop - at.start, -1)
         for t, ti in enumerate(wanted):
             if ti is None or ti not in r.tensors or r.tensors[ti].dtype != np.int8:
                 continue
             v = r.tensors[ti].reshape(at.stop - at.start, -1).astype(np.int64) - net.nodes[t].zero_point
             lo[t] = v.min(axis=0) if lo[t] is None else np.minimum(lo[t], v.min(axis=0))
             hi[t] = v.max(axis=0) if hi[t] is None else np.maximum(hi[t], v.max(axis=0))
-    return [None if a is None else (a, b) for a, b in zip(lo, hi)]
+    ranges = [None if a is None else (a, b) for a, b in zip(lo, hi)]
+    return ranges, None if q is None else CellOutputs(k_lo, q.reshape(shape + (net.n_outputs,)))
 
 
 def cell_bounds(net: MergedNet, box: Box, bounds: list, outputs: CellOutputs) -> CellBounds:

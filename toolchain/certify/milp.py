@@ -58,8 +58,8 @@ _GRID_TOL = 1e-6
 MAX_NEURONS = 2000
 # Boxes meeting at most this many input cells get the device's exact int8 ranges (milp_bounds).
 ENUM_CELLS = 2**19
-# ... and their cells' bound (for starting points) when cells x outputs stays below this: the
-# bound keeps a few float64 arrays of that many entries (2^21: 16 MiB each).
+# ... and, from the same executor run, their cells' bound (for starting points) when cells x
+# outputs also stays below this: the bound keeps a few float64 arrays of that many entries.
 CELL_POINT_ENTRIES = 2**21
 
 
@@ -511,7 +511,7 @@ def milp_bounds(
 
     pg: the prepared int8 graph; when given and the box meets at most ENUM_CELLS input cells, the
     executor runs on every cell first and the rounded values' integer ranges are cut to the
-    values the device takes (encode's device_ranges); where cells x outputs stays within
+    values the device takes (encode's device_ranges); where cells x outputs also stays within
     CELL_POINT_ENTRIES, the inputs where the cells' bound is reached (cells.cell_bounds) join the
     starting points.
 
@@ -536,12 +536,12 @@ def milp_bounds(
 
         n_cells = cells.cell_count(net, box)
         if n_cells <= ENUM_CELLS:
-            ranges = cells.device_ranges(net, pg, box)
-        if n_cells * net.n_outputs <= CELL_POINT_ENTRIES:
-            # The inputs where the cells' own bound is reached start the solver near the optimum:
-            # with a good incumbent each solve only has to prove its dual bound down to it.
-            outputs = cells.device_outputs(net, pg, box)
-            cell_points = cells.cell_bounds(net, box, analysis.bounds, outputs).candidates
+            ranges, outputs = cells.device_ranges_and_outputs(
+                net, pg, box, with_outputs=n_cells * net.n_outputs <= CELL_POINT_ENTRIES)
+            if outputs is not None:
+                # The inputs where the cells' own bound is reached start the solver near the
+                # optimum: with a good incumbent each solve only has to prove its dual bound.
+                cell_points = cells.cell_bounds(net, box, analysis.bounds, outputs).candidates
     enc = encode(net, box, analysis, ranges)
     h = _highs(enc, threads, verbose)
     K = net.output

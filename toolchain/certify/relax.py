@@ -104,7 +104,8 @@ def clamp_difference_lines(
     so delta >= A >= min(delta, pl - lo). Each case gives A >= min(delta + a_l, c_l) and
     A <= max(delta + a_u, c_u) (an infinite constant drops that piece); below, the chord of the
     concave lower function, above, the chord of the convex upper one. Every case's functions lie
-    within the generic ones, so these lines are never looser at any delta of the range."""
+    within the generic ones, so these lines are never looser at any delta of the range. Where both
+    sides stay on one piece the lines are exact (delta, or 0)."""
     zero = np.zeros_like(d_lo)
     inf = np.full_like(d_lo, np.inf)
     a_l, c_l, a_u, c_u = zero.copy(), zero.copy(), zero.copy(), zero.copy()
@@ -131,6 +132,12 @@ def clamp_difference_lines(
     upper = [np.maximum(d + a_u, c_u) for d in (d_lo, d_hi)]
     alpha_l, beta_l = _chord(*lower, d_lo, d_hi)
     alpha_u, beta_u = _chord(*upper, d_lo, d_hi)
+    # Both sides on one piece: A is delta itself (linear piece) or 0 (clamped on the same side).
+    ident = p_lin & u_lin
+    flat = ((ph <= lo) & (uh <= lo)) | ((pl >= hi) & (ul >= hi))
+    one = np.ones_like(d_lo)
+    alpha_l, alpha_u = (np.where(ident, one, np.where(flat, zero, a)) for a in (alpha_l, alpha_u))
+    beta_l, beta_u = (np.where(ident | flat, zero, b) for b in (beta_l, beta_u))
     return Lines(alpha_l, beta_l, alpha_u, beta_u)
 
 

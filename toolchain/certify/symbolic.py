@@ -56,11 +56,7 @@ class NodeBounds:
             flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
             la = relax.clamp_difference_lines(self.pl, self.ph, self.ul, self.uh, self.dl, self.dh,
                                               node.f_lo, node.f_hi)
-            one, zero = np.ones_like(self.dl), np.zeros_like(self.dl)
-            al = np.where(ident, one, np.where(flat, zero, la.alpha_l))
-            bl = np.where(ident | flat, zero, la.beta_l)
-            au = np.where(ident, one, np.where(flat, zero, la.alpha_u))
-            bu = np.where(ident | flat, zero, la.beta_u)
+            al, bl, au, bu = la.alpha_l, la.beta_l, la.alpha_u, la.beta_u
             # Alternative: both sides relaxed on their own, A <= f(p)^ - f(u)_ and A >= f(p)_ - f(u)^,
             # taken where its extreme value over the box is tighter than the delta line's.
             lines_fu = relax.clamp_lines(self.ul, self.uh, node.f_lo, node.f_hi)
