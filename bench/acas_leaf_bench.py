@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.certify import certify, split
+from toolchain.certify import split
+from toolchain.certify.certifier import certify
+from toolchain.certify.settings import DEFAULT
 from toolchain.certify.region import Box
-from toolchain.tflite import reader
+from toolchain.merge import build
+from toolchain.tflite import prepare, reader
 
 # Keyword overrides of split.split_search per strategy ({} = the committed defaults).
 STRATEGIES = {
@@ -66,8 +69,9 @@ def run(name: str, time_limit: float = 60.0, workers: int = 2):
     split.split_search = patched
     try:
         t0 = time.monotonic()
-        c = certify(fg, qg, "cortex-m4", [box], budget=0.01, method="auto", time_limit=time_limit,
-                    workers=workers, samples=2000)
+        pg = prepare.prepare(qg)
+        c = certify(build(fg, pg, "float"), pg, [box], budget=0.01, target="cortex-m4", method="auto",
+                    settings=DEFAULT.replace(time_limit=time_limit, falsify_samples=2000), workers=workers)
         dt = time.monotonic() - t0
     finally:
         split.split_search = orig

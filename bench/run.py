@@ -60,11 +60,14 @@ def bench_case(case: str, float_path: Path, int8_path: Path, boxes: list[Box], e
 def bench_auto(case: str, float_path: Path, int8_path: Path, box: Box, time_limit: float, workers: int = 2) -> None:
     """The product's own path: `certify --method auto` (falsifier, differential, split with witness
     probes and leaf MILP), as the gate runs it."""
-    from toolchain.certify import certify
+    from toolchain.certify.certifier import certify
+    from toolchain.certify.settings import DEFAULT
 
     t = time.monotonic()
-    cert = certify(reader.read_model(float_path), reader.read_model(int8_path), "cortex-m4", [box], budget=0.0,
-                   method="auto", time_limit=time_limit, workers=workers)
+    pg = prepare.prepare(reader.read_model(int8_path))
+    net = build(reader.read_model(float_path), pg, "float")
+    cert = certify(net, pg, [box], budget=0.0, target="cortex-m4", method="auto",
+                   settings=DEFAULT.replace(time_limit=time_limit), workers=workers)
     row(case, "auto", cert.bound, cert.witness.error, time.monotonic() - t)
 
 

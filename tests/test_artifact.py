@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from toolchain import pipeline
+from toolchain.certify import certifier
 from toolchain.emit import artifact, report
 
 pytestmark = pytest.mark.tf
@@ -20,7 +21,7 @@ def _gate(tmp: Path, out: Path):
     from test_gate import fake_engine, write_config
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "certify_engine", lambda: fake_engine())
+        mp.setattr(certifier, "certify", fake_engine())
         return pipeline.run_gate(write_config(tmp), "cortex-m4", out_root=out)
 
 

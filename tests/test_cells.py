@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolchain.certify import cells, falsify, split, symbolic, with_margin
+from toolchain.certify import cells, falsify, split, symbolic
+from toolchain.margins import with_margin
 from toolchain.certify.region import Box
 from toolchain.merge import build
 from toolchain.tflite import prepare, reader

@@ -14,7 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolchain.certify import certify, falsify, milp, split, symbolic, with_margin
+from toolchain.certify import falsify, milp, split, symbolic
+from toolchain.certify.certifier import certify as certify_net
+from toolchain.certify.settings import DEFAULT
+from toolchain.margins import MILP_ABS_MARGIN, with_margin
 from toolchain.certify.region import Box
 from toolchain.errors import SoundnessViolation
 from toolchain.merge import build
@@ -30,6 +33,16 @@ def _net(zoo_model, interface="float", rounding="double"):
     fg = reader.read_model(zoo_model.float_tflite)
     pg = prepare.prepare(reader.read_model(zoo_model.int8_tflite), rounding)
     return build(fg, pg, interface), pg
+
+
+def certify(fg, qg, target, boxes, *, budget, method="auto", time_limit=60.0, samples=1000, workers=1,
+            decision=None, input_interface="float"):
+    """The certifier on a float + int8 graph pair (net and prepared graph built here)."""
+    pg = prepare.prepare(qg)
+    net = build(fg, pg, input_interface)
+    settings = DEFAULT.replace(time_limit=time_limit, falsify_samples=samples)
+    return certify_net(net, pg, boxes, budget=budget, target=target, method=method, settings=settings,
+                       workers=workers, decision=decision)
 
 
 def _sampled_max(net, pg, box, n=4000, seed=0):
@@ -97,7 +110,7 @@ def test_exhaustive_int8_inputs(tiny_nets, seed):
     # Exact up to the stated margins: the solver tolerance margin, plus the slack of modelling
     # rounding as "any integer within rho" (at most one output LSB where ties are ambiguous).
     out_lsb = net.nodes[net.output].scale
-    assert np.all(m.upper <= exact + out_lsb + milp.MILP_ABS_MARGIN + 1e-6), (m.upper, exact, out_lsb)
+    assert np.all(m.upper <= exact + out_lsb + MILP_ABS_MARGIN + 1e-6), (m.upper, exact, out_lsb)
 
 
 @pytest.mark.tf

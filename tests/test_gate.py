@@ -8,7 +8,6 @@ engines have their own soundness tests. Quantizing the pump classifier needs Ten
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from toolchain import pipeline
+from toolchain.certify import certifier, falsify
 from toolchain.certificate import Certificate, OutputBound, RegionCertificate, Saturation, Witness, verdict_for
 from toolchain.cli.main import app
 
@@ -24,22 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 PUMP_MODEL = REPO / "configs" / "models" / "pump_classifier.keras"
 
 
-@dataclass
-class FakeBox:
-    low: np.ndarray
-    high: np.ndarray
-
-
 def fake_engine(margin: float = 2.0, extra: float = 0.2):
-    """(certify, Box) with the lead's signature: every U_k = margin · (sampled max over outputs) + extra."""
+    """A stand-in for toolchain.certify.certifier.certify: every U_k = margin · (sampled max over outputs) + extra."""
 
-    def certify(fg, ig, target, boxes, *, input_interface, budget, method="auto", time_limit=60.0, workers=1,
-                samples=2000, seed=0, decision=None, progress=None):
-        pair = pipeline.PairEvaluator(fg.path, ig.path, target.rounding)
+    def certify(net, pg, boxes, *, budget, target, method="auto", settings=None, workers=1, decision=None,
+                progress=None):
         regions = []
         for b in boxes:
-            xs = pipeline.sample_boxes([(b.low, b.high)], 400, seed=seed)
-            _, _, e = pair.errors(xs)
+            xs = pipeline.sample_boxes([(b.low, b.high)], 400, seed=0).astype(np.float64)
+            e = np.abs(falsify.errors(net, pg, xs))
             j = int(np.argmax(e.max(axis=1)))
             lower = e.max(axis=0)
             outs = [OutputBound(k, float(lower[k]), float(lower.max() * margin + extra)) for k in range(e.shape[1])]
@@ -54,9 +47,9 @@ def fake_engine(margin: float = 2.0, extra: float = 0.2):
         best = max(regions, key=lambda r: r.witness.error)
         region = regions[0].region if len(regions) == 1 else [r.region for r in regions]
         return Certificate(verdict_for(outs, budget), max(o.upper for o in outs), outs, best.witness, region,
-                           target.name, "fake", 0.2, list(budget), ig.output.name, regions)
+                           target, "fake", 0.2, list(budget), net.certified_tensor, regions)
 
-    return certify, FakeBox
+    return certify
 
 
 def write_config(tmp: Path, name: str = "pump", budget: float = 50.0, **extra) -> Path:
@@ -70,7 +63,7 @@ def write_config(tmp: Path, name: str = "pump", budget: float = 50.0, **extra) -
 
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setattr(pipeline, "certify_engine", lambda: fake_engine())
+    monkeypatch.setattr(certifier, "certify", fake_engine())
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -131,7 +124,7 @@ def test_memory_over_budget_fails_with_numbers(tmp_path, fake):
 
 @pytest.mark.tf
 def test_soundness_violation_exits_3_and_emits_nothing_deployable(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "certify_engine", lambda: fake_engine(margin=0.1, extra=0.0))
+    monkeypatch.setattr(certifier, "certify", fake_engine(margin=0.1, extra=0.0))
     build = tmp_path / "build"
     code, out, _ = run_cli("run", str(write_config(tmp_path)), "--target", "cortex-m4", "--out", str(build))
     assert code == 3

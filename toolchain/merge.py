@@ -22,6 +22,8 @@ import scipy.sparse as sp
 
 from toolchain.errors import QassureError
 from toolchain.execute.arith import effective_scale, requant_error_bound
+from toolchain.margins import FP_SLACK as _FP_SLACK
+from toolchain.margins import INPUT_FLOAT_SLACK
 from toolchain.tflite import ir
 from toolchain.tflite import prepare as P
 
@@ -32,10 +34,6 @@ _FLOAT_ACT = {
     ir.ACT_RELU6: (0.0, 6.0),
     ir.ACT_RELU_N1_TO_1: (-1.0, 1.0),
 }
-# Relative slack on the noise of each node for float64 rounding of the model's own arithmetic.
-_FP_SLACK = 1e-9
-# LSBs added to the input quantization's half-LSB rounding for float32 sensor values (see build()).
-INPUT_FLOAT_SLACK = 1e-4
 
 Matrix = np.ndarray | sp.csr_matrix
 

@@ -300,27 +300,23 @@ def make_models(config: Config, target: Target, work: Path) -> Models:
     return Models(res.float_tflite, res.int8_tflite, rep, res.keras_vs_float_max_abs)
 
 
-def certify_engine() -> tuple[Callable[..., Certificate], type]:
-    """(toolchain.certify.certify, toolchain.certify.region.Box); tests substitute a stand-in."""
-    try:
-        from toolchain.certify import certify
-        from toolchain.certify.region import Box
-    except ImportError as exc:
-        raise QassureError(f"the certify engines are not available in this installation ({exc})") from None
-    return certify, Box
-
-
 def certify_models(config: Config, target: Target, models: Models, *, method: str = "auto",
                    time_limit: float | None = None, workers: int = 1, progress: Progress = _quiet) -> Certificate:
     """Run the certify engines on the two graphs over the config's region; hashes of the inputs filled in."""
-    certify, Box = certify_engine()
+    from toolchain.certify.certifier import certify
+    from toolchain.certify.region import Box
+    from toolchain.certify.settings import DEFAULT
+    from toolchain.merge import build
+
     fg, ig = reader.read_model(models.float_tflite), reader.read_model(models.int8_tflite)
     check_region(config, ig.input.size, ig.output.size)
     boxes = [Box(low=lo, high=hi) for lo, hi in region_boxes(config, ig.input.size)]
-    cert = certify(fg, ig, target, boxes, input_interface=config.input_interface,
-                   budget=config.budget(ig.output.size).tolist(), method=method,
-                   time_limit=config.time_limit if time_limit is None else time_limit, workers=workers,
-                   samples=config.samples, seed=0, decision=config.decision, progress=progress)
+    pg = prepare.prepare(ig, target.rounding)
+    net = build(fg, pg, config.input_interface)
+    settings = DEFAULT.replace(time_limit=config.time_limit if time_limit is None else time_limit,
+                               falsify_samples=config.samples)
+    cert = certify(net, pg, boxes, budget=config.budget(ig.output.size).tolist(), target=target.name, method=method,
+                   settings=settings, workers=workers, decision=config.decision, progress=progress)
     hashes = {FLOAT_TFLITE_NAME: sha256_file(models.float_tflite), INT8_TFLITE_NAME: sha256_file(models.int8_tflite),
               "config": sha256_file(config.path)}
     if config.model is not None and Path(config.model).is_file():

@@ -24,11 +24,10 @@ from toolchain.certify import falsify as F
 from toolchain.certify.region import Box
 from toolchain.certify.symbolic import float_linear_bounds
 from toolchain.execute import run
-from toolchain.merge import INPUT_FLOAT_SLACK, MergedNet
+from toolchain.margins import CELL_TOL
+from toolchain.merge import MergedNet
 from toolchain.tflite.prepare import PreparedGraph
 
-# Cells of margin on each side of a cell's edges (see the module text; same as exact_input).
-CELL_TOL = 2 * INPUT_FLOAT_SLACK
 # Cells evaluated per executor call (memory: cells x widest layer).
 _CHUNK = 8192
 

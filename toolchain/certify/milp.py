@@ -42,19 +42,14 @@ from toolchain.certify import relax
 from toolchain.certify.region import Box
 from toolchain.certify.symbolic import Analysis, exact_input
 from toolchain.errors import QassureError
+from toolchain.margins import MILP_ABS_MARGIN, MILP_LSB_MARGIN, MILP_REL_MARGIN, milp_margin
+from toolchain.margins import MILP_DUAL_TOL as DUAL_TOL
+from toolchain.margins import MILP_FEAS_TOL as MIP_FEAS_TOL
+from toolchain.margins import MILP_GRID_TOL as _GRID_TOL
+from toolchain.margins import MILP_PRIMAL_TOL as PRIMAL_TOL
 from toolchain.merge import MergedNet
 from toolchain.tflite.prepare import PreparedGraph
 
-# Safety margin for HiGHS tolerances (see the module docstring); real units / output LSBs / relative.
-MILP_ABS_MARGIN = 1e-5
-MILP_LSB_MARGIN = 1e-4
-MILP_REL_MARGIN = 1e-6
-# Tolerances set on HiGHS (the margin above assumes these).
-PRIMAL_TOL = 1e-7
-DUAL_TOL = 1e-7
-MIP_FEAS_TOL = 1e-6
-# Slack when deriving integer bounds from float ranges (in LSBs; only ever widens a range).
-_GRID_TOL = 1e-6
 MAX_NEURONS = 2000
 # Boxes meeting at most this many input cells get the device's exact int8 ranges (milp_bounds).
 ENUM_CELLS = 2**19
@@ -450,8 +445,8 @@ def _fallback_inputs(box: Box, witness, extra: np.ndarray | None = None, n: int 
 
 
 def _margin(bound: float, s_K: float) -> float:
-    """The margin added to a bound (real units) for HiGHS's tolerances (module docstring)."""
-    return max(MILP_ABS_MARGIN, MILP_LSB_MARGIN * s_K) + MILP_REL_MARGIN * abs(bound)
+    """The margin added to a bound (real units) for HiGHS's tolerances (toolchain.margins)."""
+    return milp_margin(bound, s_K)
 
 
 def _solver_gap(rel_gap: float, expected: float, s_K: float) -> float:

@@ -20,7 +20,8 @@ import scipy.sparse as sp
 
 from toolchain.certify import relax
 from toolchain.certify.region import Box
-from toolchain.merge import INPUT_FLOAT_SLACK, MergedNet, Node
+from toolchain.margins import CELL_TOL
+from toolchain.merge import MergedNet, Node
 
 # Rows of objectives pushed back at once; bounds a block's memory to rows x widest layer.
 _BLOCK = 4096
@@ -170,7 +171,7 @@ def exact_input(net: MergedNet, box: Box) -> tuple[np.ndarray, np.ndarray]:
     s = net.input_scale
     if net.input_interface == "int8":  # u_0 = x already holds exactly (noise 0)
         return np.zeros(box.low.size, dtype=bool), box.low
-    tol = 2 * INPUT_FLOAT_SLACK
+    tol = CELL_TOL
     k = [np.floor(v / s + 0.5 + d) for v in (box.low, box.high) for d in (-tol, tol)]
     exact = (k[0] == k[1]) & (k[1] == k[2]) & (k[2] == k[3]) & (np.abs(box.low) / s < 2**22)
     value = np.clip(s * k[0], net.nodes[0].q_lo, net.nodes[0].q_hi)

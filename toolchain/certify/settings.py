@@ -1,0 +1,76 @@
+"""Every tuning knob of the certify engines, in one frozen settings object.
+
+A certificate is a function of (config, models, target, qassure version, settings), never of the
+machine: every search here is bounded by a deterministic *work budget* (boxes, solver nodes,
+samples), recorded in the certificate. `time_limit` is only a safety net: when it bites before
+the work budget is spent, the certificate says so and its verdict is `unknown`.
+
+Soundness margins are not knobs: they live in `toolchain.margins`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from toolchain.errors import QassureError
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- work budget per region (deterministic; recorded in the certificate) ---
+    max_boxes: int = 4096  # boxes bounded by branch and bound (every child box counts)
+    batch_boxes: int = 16  # worst boxes refined per round (results do not depend on the worker count)
+    falsify_samples: int = 1000  # uniform + vertex samples of the falsifier
+    falsify_steps: int = 40  # local-search steps per searched output
+    falsify_outputs: int = 8  # outputs whose incumbents are searched locally
+    edge_steps: int = 20  # cell-edge attack steps per start
+    edge_starts: int = 14  # random starts of the cell-edge attack per output and sign
+    milp_nodes: int = 2000  # HiGHS branch-and-bound nodes per MILP solve
+    milp_leaf_nodes: int = 200  # ... per solve on a branch-and-bound leaf
+    # --- when to stop early (the answer is decided) ---
+    target_ratio: float = 1.5  # auto stops once bound <= target_ratio x witness
+    # --- search strategy ---
+    cell_edge_cells: float = 8.0  # cut on an input-cell edge when a side spans fewer cells
+    enum_cells: int = 2**17  # a box meeting at most this many input cells is enumerated cell by cell
+    enum_bytes: int = 2**20  # ... while its device outputs (int8 per output) fit in this many bytes
+    split_trials: int = 1  # sides tried per split (the cut whose worse child is lowest is kept)
+    milp_depth_per_input: int = 3  # MILP on leaves at least this many splits per input deep ...
+    milp_stall: float = 0.99  # ... whose last split stalled (bound >= this x its parent's)
+    milp_max_neurons: int = 2000  # networks larger than this get no MILP
+    milp_rel_gap: float = 1e-2  # a MILP solve stops once bound and incumbent are this close
+    milp_enum_cells: int = 2**19  # MILP boxes meeting at most this many cells get exact device ranges
+    milp_cell_point_entries: int = 2**21  # ... and cell-bound starting points while cells x outputs fit
+    # --- memory (no effect on results) ---
+    block_rows: int = 4096  # objective rows pushed back at once by the differential engine
+    cell_chunk: int = 8192  # input cells per executor call
+    # --- safety net and randomness ---
+    time_limit: float = 600.0  # seconds per certify call; when it bites, the verdict is unknown
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "seed":
+                continue
+            if isinstance(v, (int, float)) and not v > 0:
+                raise QassureError(f"setting {f.name} must be positive, not {v!r}")
+
+    def replace(self, **changes: Any) -> Settings:
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise QassureError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def work_budget(self) -> dict[str, Any]:
+        """The deterministic budget a certificate records (what bounded the search)."""
+        keys = ("max_boxes", "batch_boxes", "falsify_samples", "falsify_steps", "milp_nodes", "milp_leaf_nodes",
+                "seed")
+        return {k: getattr(self, k) for k in keys}
+
+
+DEFAULT = Settings()
