@@ -13,19 +13,19 @@ no C array, and a stale deployable `<target>/` from an earlier run is removed.
 
 Everything is written into a hidden temp dir next to the destination, then renamed into place.
 Same inputs give the same bytes for every file except timings.json: timings, dates and absolute paths
-are kept out (certificate.json's `seconds` fields are null; the numbers are in timings.json).
+are kept out (any `seconds` field of certificate.json is null; the numbers are in timings.json).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
@@ -37,9 +37,12 @@ from toolchain.errors import ModelError
 
 if TYPE_CHECKING:
     from toolchain.config import Config
-    from toolchain.pipeline import GateResult, Models
+    from toolchain.gate.results import GateResult
+    from toolchain.pair import ModelPair
     from toolchain.targets import Target
 
+FLOAT_TFLITE_NAME = "model_float.tflite"
+INT8_TFLITE_NAME = "model_int8.tflite"
 CERTIFICATE_NAME = "certificate.json"
 TIMINGS_NAME = "timings.json"
 UNHASHED = frozenset({CERTIFICATE_NAME, TIMINGS_NAME})  # certificate.json carries its own digest
@@ -181,12 +184,17 @@ def _xml_text(s: str) -> str:
 # --------------------------------------------------------------------------------------------- certificate.json
 
 
+def certificate_dict(cert: Certificate) -> dict[str, Any]:
+    """The certificate as the JSON document of the certify schema."""
+    return json.loads(json.dumps(asdict(cert), default=_jsonable))
+
+
 def _timeless(cert_dict: dict[str, Any]) -> dict[str, Any]:
-    """The certify schema with its `seconds` fields nulled (the numbers go to timings.json)."""
+    """The certify schema with any `seconds` field nulled (the numbers go to timings.json)."""
     d = json.loads(json.dumps(cert_dict))
-    d["seconds"] = None
-    for r in d.get("regions", []):
-        r["seconds"] = None
+    for part in (d, *d.get("regions", [])):
+        if "seconds" in part:
+            part["seconds"] = None
     return d
 
 
@@ -201,17 +209,16 @@ def _config_doc(config: Config) -> dict[str, Any]:
 def certificate_doc(result: GateResult, config: Config, target: Target, files: dict[str, str]) -> dict[str, Any]:
     """Everything certificate.json holds (before sealing)."""
     cert: Certificate | None = result.certificate
-    doc: dict[str, Any] = _timeless(cert.to_dict()) if cert is not None else {
+    doc: dict[str, Any] = _timeless(certificate_dict(cert)) if cert is not None else {
         "schema": "qassure.certificate/1", "verdict": "unknown", "bound": None, "outputs": [], "witness": None,
-        "region": None, "target": target.name, "method": None, "seconds": None, "regions": []}
+        "region": None, "target": target.name, "method": None, "regions": []}
     doc["inputs"] = dict(doc.get("hashes") or {})  # sha256 of what was certified (tflite files, config, model)
     doc["hashes"] = files  # sha256 of every other file in this directory
     doc["gate"] = {
         "verdict": result.verdict,
         "exit_code": result.exit_code,
         "deployable": result.exit_code == 0,
-        "checks": [{"name": c.name, "status": c.status, "message": c.message, "details": c.details}
-                   for c in result.checks],
+        "checks": [c.as_dict() for c in result.checks],
         "metrics": result.metrics,
         "timings": TIMINGS_NAME + " (not hashed)",
     }
@@ -249,21 +256,19 @@ def _replace_dir(staging: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _emit_c_model(staging: Path, int8_tflite: Path, target: Target) -> None:
-    """The firmware engineer's C kernels for this model, when that emitter exists and the target asks."""
-    if not target.emit_c or importlib.util.find_spec("toolchain.emit.c_model") is None:
+def _emit_c_model(staging: Path, pair: ModelPair, target: Target) -> None:
+    """The model as C (model.h/.c and the kernels) into c/, when the target asks for C."""
+    if not target.emit_c:
         return
-    from toolchain.emit import c_model
+    from toolchain.emit.c_model import emit_c
 
-    emit_c = getattr(c_model, "emit_c", None)
-    if emit_c is not None:
-        try:
-            emit_c(int8_tflite, staging / "c", target)
-        except ModelError:  # a graph emit-c does not support (e.g. float input): the firmware check says why
-            shutil.rmtree(staging / "c", ignore_errors=True)
+    try:
+        emit_c(pair.int8_path, staging / "c", target, prepared=pair.prepared)
+    except ModelError:  # a graph emit-c does not support (e.g. float input): the firmware check says why
+        shutil.rmtree(staging / "c", ignore_errors=True)
 
 
-def write(result: GateResult, config: Config, target: Target, models: Models, sampled_errors: np.ndarray,
+def write(result: GateResult, config: Config, target: Target, pair: ModelPair, sampled_errors: np.ndarray,
           out_root: Path) -> Path:
     """Write the gate's directory (artifact or failure report); return its final path."""
     from toolchain.emit import report
@@ -273,14 +278,13 @@ def write(result: GateResult, config: Config, target: Target, models: Models, sa
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        if passed:
-            model = Path(models.int8_tflite).read_bytes()
-            (staging / "model_int8.tflite").write_bytes(model)
-            shutil.copyfile(models.float_tflite, staging / "model_float.tflite")
-            header, source = c_array(model)
+        if passed:  # the bytes that were read, certified and hashed, not a re-read of the files
+            (staging / INT8_TFLITE_NAME).write_bytes(pair.int8_bytes)
+            (staging / FLOAT_TFLITE_NAME).write_bytes(pair.float_bytes)
+            header, source = c_array(pair.int8_bytes)
             (staging / "model_data.h").write_text(header, encoding="utf-8")
             (staging / "model_data.c").write_text(source, encoding="utf-8")
-            _emit_c_model(staging, Path(models.int8_tflite), target)
+            _emit_c_model(staging, pair, target)
         np.save(staging / ERRORS_NAME, np.asarray(sampled_errors, dtype=np.float64))
         (staging / "junit.xml").write_text(junit_xml(result), encoding="utf-8")
         pre = certificate_doc(result, config, target, {})  # what the report shows (hashes come last)
@@ -302,23 +306,22 @@ def write(result: GateResult, config: Config, target: Target, models: Models, sa
 
 def write_timings(directory: Path, result: GateResult) -> None:
     """Seconds per step, written after the rename: not hashed, not reproducible, not part of the proof."""
-    cert = result.certificate
-    doc = {"total": round(result.seconds, 3), "steps": {k: round(v, 3) for k, v in result.timings.items()},
-           "certify_seconds": None if cert is None else cert.seconds,
-           "region_seconds": [] if cert is None else [r.seconds for r in cert.regions]}
+    doc: dict[str, Any] = {"total": round(result.seconds, 3),
+                           "steps": {k: round(v, 3) for k, v in result.timings.items()}}
+    cert = {} if result.certificate is None else certificate_dict(result.certificate)
+    if "seconds" in cert:  # a certificate that still carries its engines' seconds (nulled in certificate.json)
+        doc["certify_seconds"] = cert["seconds"]
+        doc["region_seconds"] = [r.get("seconds") for r in cert.get("regions", [])]
     (Path(directory) / TIMINGS_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_certify_outputs(out: Path, cert: Certificate, float_tflite: Path, int8_tflite: Path,
-                          extra: dict[str, Any] | None = None) -> Path:
-    """`qassure certify --out DIR`: the two .tflite files and certificate.json (certify schema)."""
+def write_certify_outputs(out: Path, cert: Certificate, pair: ModelPair) -> Path:
+    """`qassure certify --out DIR`: the two .tflite files (the certified bytes) and certificate.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for src, name in ((float_tflite, "model_float.tflite"), (int8_tflite, "model_int8.tflite")):
-        if Path(src).resolve() != (out / name).resolve():
-            shutil.copyfile(src, out / name)
-    doc = {**cert.to_dict(), **(extra or {})}
-    text = json.dumps(json.loads(json.dumps(doc, default=_jsonable)), indent=2, sort_keys=True) + "\n"
+    (out / FLOAT_TFLITE_NAME).write_bytes(pair.float_bytes)
+    (out / INT8_TFLITE_NAME).write_bytes(pair.int8_bytes)
+    text = json.dumps(certificate_dict(cert), indent=2, sort_keys=True) + "\n"
     tmp = out / f".{CERTIFICATE_NAME}.tmp"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out / CERTIFICATE_NAME)
