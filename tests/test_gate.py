@@ -162,6 +162,31 @@ def test_certify_command_writes_its_three_files(tmp_path, fake):
         "model_int8.tflite"]
 
 
+@pytest.mark.parametrize("command", ["certify", "run"])
+def test_work_budget_and_safety_net_reach_the_engines(tmp_path, monkeypatch, zoo, command):
+    """max_boxes (config, or --max-boxes) -> Settings.max_boxes; time_limit -> the safety net; samples ->
+    the falsifier's samples."""
+    seen = []
+    engine = fake_engine()
+
+    def recording(net, pg, boxes, *, settings, **kw):
+        seen.append(settings)
+        return engine(net, pg, boxes, settings=settings, **kw)
+
+    monkeypatch.setattr(certifier, "certify", recording)
+    m = zoo["mlp_fused"]
+    cfg = tmp_path / "budget.yaml"
+    cfg.write_text(yaml.safe_dump({"float_tflite": str(m.float_tflite), "int8_tflite": str(m.int8_tflite),
+                                   "region": {"box": {"low": -1.0, "high": 1.0}}, "budget": {"max_abs_error": 100.0},
+                                   "representative_data": 8, "samples": 123, "time_limit": 7, "max_boxes": 11}))
+    base = [command, str(cfg), "--target", "cortex-m4", "--out", str(tmp_path / "o")]
+    assert run_cli(*base)[0] == 0
+    assert run_cli(*base, "--max-boxes", "3", "--time-limit", "2.5")[0] == 0
+    assert [(s.max_boxes, s.time_limit, s.falsify_samples) for s in seen] == [(11, 7.0, 123), (3, 2.5, 123)]
+    res = CliRunner().invoke(app, [*base, "--max-boxes", "0"])
+    assert res.exit_code == 2 and "--max-boxes" in res.stderr
+
+
 def test_shipped_configs_load():
     from toolchain.config import load_config
 

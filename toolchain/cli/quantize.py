@@ -25,7 +25,8 @@ def command(
     cfg = load_config(config)
     if cfg.model is None:
         raise ConfigError("quantize needs key 'model' (this config names .tflite files already)", cfg.path)
-    say(f"quantizing {cfg.model.name} for {tgt.name}")
+    if not json_out:
+        say(f"quantizing {cfg.model.name} for {tgt.name}")
     models = make_models(cfg, tgt, out)
     pair = models.pair
     check_region(cfg, pair.int8_graph.input.size, pair.int8_graph.output.size)
