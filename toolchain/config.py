@@ -106,7 +106,8 @@ def _describe(error: Any) -> str:
     if v in ("minProperties", "maxProperties") and where and where[-1] == "region":
         return "key 'region': give exactly one of 'box' or 'around'"
     if v == "enum":
-        return f"key '{_key(where)}': {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+        choices = ", ".join(map(str, error.validator_value))
+        return f"key '{_key(where)}': {error.instance!r} is not one of {choices}"
     if v == "type":
         want = error.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
@@ -252,7 +253,8 @@ def load_config(path: str | Path) -> Config:
     if isinstance(rep, str):
         rep = _file(base, rep, "representative_data", path)
         if rep.suffix.lower() not in (".npy", ".csv"):
-            raise ConfigError(f"key 'representative_data': expected a .npy or .csv file, got {rep.name}", path)
+            raise ConfigError(f"key 'representative_data': expected a .npy or .csv file, got {rep.name}",
+                              path)
 
     budget = _vector(data["budget"]["max_abs_error"])
     return Config(
@@ -280,8 +282,8 @@ def check_region(config: Config, input_size: int, output_size: int | None = None
         for key, vec in (("low", region.low), ("high", region.high)):
             if len(vec) not in (1, input_size):
                 raise ConfigError(
-                    f"key 'region.box.{key}': {len(vec)} values, but the model has {input_size} inputs", config.path
-                )
+                    f"key 'region.box.{key}': {len(vec)} values, but the model has {input_size} inputs",
+                    config.path)
     else:
         try:
             centers = region.centers()
@@ -329,14 +331,15 @@ def sample_shape(config: Config, model_input_shape: Sequence[int | None]) -> tup
     declared = (None, *dims)
     if isinstance(config.representative_data, Path):
         shape = tuple(int(d) for d in _representative_file(config, config.representative_data).shape[1:])
-        same_rank = len(shape) == len(dims) and all(d is None or d == s for d, s in zip(dims, shape, strict=True))
+        same_rank = len(shape) == len(dims) and all(
+            d is None or d == s for d, s in zip(dims, shape, strict=True))
         if same_rank or shape == known:
             return shape
         raise ConfigError(f"key 'representative_data': samples of shape {shape} do not fit the model input "
                           f"{declared}", config.path)
     if not known:
-        raise ConfigError(f"the model input {declared} has no known dimension: give a representative_data file",
-                          config.path)
+        raise ConfigError(f"the model input {declared} has no known dimension: give a representative_data "
+                          "file", config.path)
     return known
 
 
@@ -349,9 +352,10 @@ def representative_samples(config: Config, shape: tuple[int, ...], seed: int = 0
     check_region(config, size)
     if isinstance(config.representative_data, Path):
         data = _representative_file(config, config.representative_data)
-        if int(np.prod(data.shape[1:])) != size:
-            raise ConfigError(f"key 'representative_data': samples have {int(np.prod(data.shape[1:]))} values, "
-                              f"but the model has {size} inputs", config.path)
+        values = int(np.prod(data.shape[1:]))
+        if values != size:
+            raise ConfigError(f"key 'representative_data': samples have {values} values, but the model has "
+                              f"{size} inputs", config.path)
         return data.reshape((len(data), *shape)).astype(np.float32)
     count = config.representative_data
     if isinstance(config.region, BoxRegion):

@@ -23,9 +23,9 @@ import numpy as np
 
 from toolchain.certify import falsify
 from toolchain.certify.region import Box
+from toolchain.execute.arith import Rounding
 from toolchain.merge import MergedNet, build
 from toolchain.tflite import ir, prepare, reader
-from toolchain.execute.arith import Rounding
 from toolchain.tflite.prepare import PreparedGraph
 
 _VALUES_PER_BATCH = 2**24  # float64 values of one evaluation batch (128 MiB)
@@ -86,7 +86,7 @@ class ModelPair:
 
     @cached_property
     def _chunk(self) -> int:
-        """Inputs per evaluation: the float pass keeps every node's values, so bound batch x all node sizes."""
+        """Inputs per evaluation: the float pass keeps every node's values; bound batch x their sizes."""
         return int(np.clip(_VALUES_PER_BATCH // sum(node.size for node in self.net.nodes), 1, 1024))
 
 

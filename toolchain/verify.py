@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.emit.artifact import CERTIFICATE_NAME, FLOAT_TFLITE_NAME, INT8_TFLITE_NAME, TIMINGS_NAME, check_seal
+from toolchain.emit.artifact import (
+    CERTIFICATE_NAME,
+    FLOAT_TFLITE_NAME,
+    INT8_TFLITE_NAME,
+    TIMINGS_NAME,
+    check_seal,
+)
 from toolchain.errors import EXIT_FAIL, EXIT_PASS, EXIT_SOUNDNESS, QassureError
 from toolchain.pair import load_pair
 
@@ -43,8 +49,9 @@ class VerifyResult:
         return EXIT_FAIL if self.problems else EXIT_PASS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), "ok": self.exit_code == EXIT_PASS, "exit_code": self.exit_code,
-                "problems": self.problems, "soundness_violations": self.soundness, "checked": self.checked}
+        return {"directory": str(self.directory), "ok": self.exit_code == EXIT_PASS,
+                "exit_code": self.exit_code, "problems": self.problems,
+                "soundness_violations": self.soundness, "checked": self.checked}
 
 
 def _sha(path: Path) -> str:
@@ -99,12 +106,14 @@ def verify(directory: Path | str, samples: int = VERIFY_SAMPLES, seed: int = 123
         return res
     gate = doc.get("gate") or {}
     if gate and gate.get("verdict") != "pass":
-        res.problems.append(f"{CERTIFICATE_NAME}: the gate did not pass ({gate.get('verdict')}): not deployable")
+        res.problems.append(f"{CERTIFICATE_NAME}: the gate did not pass ({gate.get('verdict')}): "
+                            "not deployable")
     if doc.get("verdict") != "pass":
         res.problems.append(f"{CERTIFICATE_NAME}: certificate verdict is {doc.get('verdict')!r}, not 'pass'")
     fpath, ipath = directory / FLOAT_TFLITE_NAME, directory / INT8_TFLITE_NAME
     if not (fpath.is_file() and ipath.is_file()):
-        res.problems.append(f"{FLOAT_TFLITE_NAME} / {INT8_TFLITE_NAME}: needed to replay the witness, missing")
+        res.problems.append(f"{FLOAT_TFLITE_NAME} / {INT8_TFLITE_NAME}: needed to replay the witness, "
+                            "missing")
         return res
     rounding = (doc.get("target_profile") or {}).get("rounding")
     if rounding is None:
@@ -119,8 +128,8 @@ def verify(directory: Path | str, samples: int = VERIFY_SAMPLES, seed: int = 123
         res.problems.append(f"model files: {exc}")
         return res
     if doc.get("certified_tensor") not in (None, certified):
-        res.problems.append(f"{CERTIFICATE_NAME}: certified tensor {doc['certified_tensor']!r} is not the one the "
-                            f"model pair bounds ({certified!r})")
+        res.problems.append(f"{CERTIFICATE_NAME}: certified tensor {doc['certified_tensor']!r} is not the "
+                            f"one the model pair bounds ({certified!r})")
         return res
     regions = doc.get("regions") or []
 
@@ -133,7 +142,8 @@ def verify(directory: Path | str, samples: int = VERIFY_SAMPLES, seed: int = 123
             res.problems.append(f"witness of region {i}: replayed error {got:.9g} differs from the recorded "
                                 f"{w['error']:.9g}")
         elif got > float(r["bound"]) + 1e-6 * (1 + abs(float(r["bound"]))):
-            res.soundness.append(f"witness of region {i}: error {got:.9g} above the certified bound {r['bound']:.9g}")
+            res.soundness.append(f"witness of region {i}: error {got:.9g} above the certified bound "
+                                 f"{r['bound']:.9g}")
         else:
             res.checked.append(f"witness of region {i}: replayed error {got:.6g} (recorded {w['error']:.6g})")
 
@@ -148,8 +158,8 @@ def verify(directory: Path | str, samples: int = VERIFY_SAMPLES, seed: int = 123
         over = err - (upper + 1e-6 * (1 + np.abs(upper)))
         if np.any(over > 0):
             j, k = np.unravel_index(int(np.argmax(over)), over.shape)
-            res.soundness.append(f"sampling region {i}: error {err[j, k]:.9g} on output {k} above the certified "
-                                 f"upper bound {upper[k]:.9g}")
+            res.soundness.append(f"sampling region {i}: error {err[j, k]:.9g} on output {k} above the "
+                                 f"certified upper bound {upper[k]:.9g}")
         worst = max(worst, float(err.max(initial=0.0)))
     if regions and not res.soundness:
         res.checked.append(f"sampling: {samples} inputs per region, max error {worst:.6g} within every bound")

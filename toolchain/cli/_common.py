@@ -15,6 +15,10 @@ import typer
 from toolchain.errors import QassureError
 
 METHODS = ("auto", "interval", "differential", "milp", "split")
+MAX_BOXES_HELP = "Work budget: boxes bounded per region, deterministic (default: the config's max_boxes)."
+TIME_LIMIT_HELP = ("Safety net in seconds (default: the config's time_limit); when it bites, the verdict is "
+                   "unknown and the certificate says so.")
+WORKERS_HELP = "Processes for input splitting (default: every CPU this process may use)."
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """`qassure certify CONFIG --target T`: the certificate alone (no bit-exact check, memory check or artifact).
 
 Writes `model_float.tflite`, `model_int8.tflite` (the files certified) and `certificate.json` into --out
-(default build/<config>/<target>.certify/). Exit 0 pass, 1 refuted/unknown, 2 bad input, 3 soundness violation.
+(default build/<config>/<target>.certify/). Exit 0 pass, 1 refuted/unknown, 2 bad input, 3 soundness
+violation.
 """
 
 from __future__ import annotations
@@ -12,21 +13,27 @@ from pathlib import Path
 
 import typer
 
-from toolchain.cli._common import check_method, emit_json, progress_display, result, say
+from toolchain.cli._common import (
+    MAX_BOXES_HELP,
+    TIME_LIMIT_HELP,
+    WORKERS_HELP,
+    check_method,
+    emit_json,
+    progress_display,
+    result,
+    say,
+)
 
 
 def command(
     config: Path = typer.Argument(..., help="Config YAML (configs/NAME.yaml)."),
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
     method: str = typer.Option("auto", "--method", help="auto | interval | differential | milp | split."),
-    max_boxes: int | None = typer.Option(None, "--max-boxes", min=1,
-                                         help="Work budget: boxes bounded per region (default: the config's)."),
-    time_limit: float | None = typer.Option(None, "--time-limit",
-                                            help="Safety net in seconds (default: the config's); when it bites, "
-                                                 "the verdict is unknown and the certificate says so."),
-    workers: int | None = typer.Option(None, "--workers", min=1,
-                                       help="Processes for input splitting (default: every CPU this process may use)."),
-    out: Path | None = typer.Option(None, "--out", help="Output directory (default build/<config>/<target>.certify)."),
+    max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
+    time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    out: Path | None = typer.Option(None, "--out",
+                                    help="Output directory (default build/<config>/<target>.certify)."),
     json_out: bool = typer.Option(False, "--json", help="Print the certificate as one JSON object."),
 ) -> None:
     """Certify max |float − int8| over the config's region for one target."""
@@ -41,12 +48,13 @@ def command(
     cfg = load_config(config)
     tgt = load_target(target)
     out_dir = out if out is not None else Path("build") / cfg.name / f"{tgt.name}.certify"
-    with tempfile.TemporaryDirectory(prefix="qassure-certify-") as tmp, progress_display(not json_out) as progress:
+    tmp_dir = tempfile.TemporaryDirectory(prefix="qassure-certify-")
+    with tmp_dir as tmp, progress_display(not json_out) as progress:
         progress(f"preparing models for {cfg.name}")
         models = make_models(cfg, tgt, Path(tmp))
         t0 = time.perf_counter()
-        cert = certify_models(cfg, tgt, models.pair, method=method, time_limit=time_limit, max_boxes=max_boxes,
-                              workers=workers or available_cpus(), progress=progress)
+        cert = certify_models(cfg, tgt, models.pair, method=method, time_limit=time_limit,
+                              max_boxes=max_boxes, workers=workers or available_cpus(), progress=progress)
         seconds = time.perf_counter() - t0
         path = write_certify_outputs(out_dir, cert, models.pair)
     if json_out:

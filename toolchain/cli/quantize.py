@@ -12,7 +12,8 @@ from toolchain.cli._common import emit_json, result, say
 def command(
     config: Path = typer.Argument(..., help="A config YAML (see docs/reference.md)."),
     target: str = typer.Option("cortex-m4", "--target", "-t", help="Target profile."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for model_float.tflite and model_int8.tflite."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Directory for model_float.tflite and model_int8.tflite."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Convert the config's Keras model to float and full-int8 TFLite (int8 I/O, batch 1)."""
@@ -32,7 +33,8 @@ def command(
     check_region(cfg, pair.int8_graph.input.size, pair.int8_graph.output.size)
     if json_out:
         emit_json({"float_tflite": str(pair.float_path), "int8_tflite": str(pair.int8_path),
-                   "input_shape": list(pair.int8_graph.input.shape), "representative_samples": len(models.representative),
+                   "input_shape": list(pair.int8_graph.input.shape),
+                   "representative_samples": len(models.representative),
                    "keras_vs_float_max_abs": models.keras_vs_float_max_abs, "target": tgt.name})
         return
     say(f"{len(models.representative)} representative samples of shape {models.representative.shape[1:]}", 1)

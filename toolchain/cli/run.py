@@ -6,20 +6,26 @@ from pathlib import Path
 
 import typer
 
-from toolchain.cli._common import SETTINGS, check_method, emit_json, progress_display, result, say
+from toolchain.cli._common import (
+    MAX_BOXES_HELP,
+    SETTINGS,
+    TIME_LIMIT_HELP,
+    WORKERS_HELP,
+    check_method,
+    emit_json,
+    progress_display,
+    result,
+    say,
+)
 
 
 def command(
     config: Path = typer.Argument(..., help="Config YAML (configs/NAME.yaml)."),
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
     method: str = typer.Option("auto", "--method", help="auto | interval | differential | milp | split."),
-    max_boxes: int | None = typer.Option(None, "--max-boxes", min=1,
-                                         help="Work budget: boxes bounded per region (default: the config's)."),
-    time_limit: float | None = typer.Option(None, "--time-limit",
-                                            help="Certify safety net in seconds (default: the config's); when it "
-                                                 "bites, the verdict is unknown and the certificate says so."),
-    workers: int | None = typer.Option(None, "--workers", min=1,
-                                       help="Processes for input splitting (default: every CPU this process may use)."),
+    max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
+    time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     out: Path = typer.Option(Path("build"), "--out", help="Root of build/<config>/<target>/."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the summary."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the verdict line."),
@@ -36,8 +42,8 @@ def command(
     check_method(method)
     show = not json_out and SETTINGS.verbosity >= 0
     with progress_display(show) as progress:
-        res = run_gate(config, target, out_root=out, method=method, time_limit=time_limit, max_boxes=max_boxes,
-                       workers=workers or available_cpus(), progress=progress)
+        res = run_gate(config, target, out_root=out, method=method, time_limit=time_limit,
+                       max_boxes=max_boxes, workers=workers or available_cpus(), progress=progress)
     if json_out:
         emit_json(res.to_dict())
     else:

@@ -48,15 +48,15 @@ def sample_boxes(boxes: Boxes, count: int, seed: int, pair: ModelPair | None = N
 
 
 def quantize_check(pair: ModelPair, representative: np.ndarray, keras_gap: float | None) -> Check:
-    """The two .tflite files, and the measured distance of Keras and of the float32 runtime to the reference."""
+    """The two .tflite files; how far Keras and the float32 runtime lie from the reference (measured)."""
     runtime_gap = float32_runtime_gap(pair, representative.reshape(len(representative), -1))
-    source = ("float + int8 TFLite from one converter run" if keras_gap is not None else "given .tflite files")
+    source = "float + int8 TFLite from one converter run" if keras_gap is not None else "given .tflite files"
     keras = f"; |Keras − float TFLite| ≤ {keras_gap:.3g}" if keras_gap is not None else ""
     details = {"float32_runtime_vs_reference_max_abs": runtime_gap}
     if keras_gap is not None:
         details["keras_vs_float_max_abs"] = keras_gap
-    return Check("quantize", True, f"{source}{keras}; |float32 runtime − float reference| ≤ {runtime_gap:.3g} "
-                 "on representative data", details)
+    return Check("quantize", True, f"{source}{keras}; |float32 runtime − float reference| ≤ "
+                 f"{runtime_gap:.3g} on representative data", details)
 
 
 def bitexact_check(pair: ModelPair, target: Target, inputs: np.ndarray) -> Check:
@@ -101,10 +101,13 @@ def memory_checks(pair: ModelPair, target: Target) -> list[Check]:
 
 
 def firmware_check(pair: ModelPair, target: Target, inputs: np.ndarray) -> Check:
-    """The emitted C on the target's emulated core vs the executor: {core, machine, vectors, matched, image}."""
+    """The emitted C on the target's emulated core vs the executor.
+
+    Details: {core, machine, cpu_flags, rounding, vectors, matched, image}."""
     name = "firmware-qemu"
     if not target.emit_c or target.qemu_machine is None:
-        why = "the target does not emit C" if not target.emit_c else f"no emulated board for {target.cpu_core}"
+        why = ("the target does not emit C" if not target.emit_c
+               else f"no emulated board for {target.cpu_core}")
         return Check(name, None, f"skipped: {why}")
     from toolchain.emit import c_model
 
@@ -120,8 +123,9 @@ def firmware_check(pair: ModelPair, target: Target, inputs: np.ndarray) -> Check
         return Check(name, False, f"the emitted C did not run on QEMU {target.qemu_machine}: {exc}")
     image = rec["image"]
     ok = rec["matched"] == rec["vectors"] and image["fits"]
-    return Check(name, ok, f"emitted C on QEMU {rec['machine']} ({rec['core']}): {rec['matched']}/{rec['vectors']} "
-                 f"in-region inputs bit-exact with the executor; image flash {image['flash']:,} of "
+    return Check(name, ok, f"emitted C on QEMU {rec['machine']} ({rec['core']}): "
+                 f"{rec['matched']}/{rec['vectors']} in-region inputs bit-exact with the executor; "
+                 f"image flash {image['flash']:,} of "
                  f"{image['flash_budget']:,} B, RAM {image['ram']:,} of {image['ram_budget']:,} B", rec)
 
 
@@ -157,8 +161,10 @@ def sampled_error_check(cert: Certificate, errors: np.ndarray) -> Check:
         k = int(np.argmax(worst - upper))
         raise SoundnessViolation(f"sampled error {worst[k]:.9g} on output {k} exceeds the certified bound "
                                  f"{upper[k]:.9g}")
-    return Check("sampled-errors", True, f"{len(errors)} sampled inputs: max error {float(worst.max(initial=0)):.6g}"
-                 f" ≤ certified bound", {"samples": len(errors), "max": float(worst.max(initial=0))})
+    most = float(worst.max(initial=0))
+    return Check("sampled-errors", True,
+                 f"{len(errors)} sampled inputs: max error {most:.6g} ≤ certified bound",
+                 {"samples": len(errors), "max": most})
 
 
 def empirical_metrics(f: np.ndarray, fq: np.ndarray) -> dict[str, float]:

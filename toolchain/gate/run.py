@@ -60,7 +60,7 @@ class Models:
 
 
 def make_models(config: Config, target: Target, work: Path) -> Models:
-    """Quantize the Keras model into `work` (or take the config's two .tflite files) and load the pair once."""
+    """Quantize the Keras model into `work` (or take the config's .tflite files); load the pair once."""
     if config.model is None:
         assert config.float_tflite is not None and config.int8_tflite is not None
         pair = load_pair(config.float_tflite, config.int8_tflite, target.rounding, config.input_interface)
@@ -70,7 +70,8 @@ def make_models(config: Config, target: Target, work: Path) -> Models:
 
     model = load_keras_model(config.model)
     rep = representative_samples(config, sample_shape(config, tuple(model.inputs[0].shape)))
-    res = quantize_keras_model(model, rep, work, int8_io=True, per_channel=target.per_channel, source=config.model)
+    res = quantize_keras_model(model, rep, work, int8_io=True, per_channel=target.per_channel,
+                               source=config.model)
     pair = load_pair(res.float_tflite, res.int8_tflite, target.rounding, config.input_interface)
     return Models(pair, rep, res.keras_vs_float_max_abs)
 
@@ -101,9 +102,9 @@ def certify_models(config: Config, target: Target, pair: ModelPair, *, method: s
     return replace(cert, hashes=hashes)
 
 
-def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str = "build", method: str = "auto",
-             time_limit: float | None = None, max_boxes: int | None = None, workers: int = 1,
-             progress: Progress = _quiet, emit: bool = True) -> GateResult:
+def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str = "build",
+             method: str = "auto", time_limit: float | None = None, max_boxes: int | None = None,
+             workers: int = 1, progress: Progress = _quiet, emit: bool = True) -> GateResult:
     """Run the whole gate; QassureError (exit 2) propagates for bad input."""
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -122,7 +123,8 @@ def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str 
     sampled = np.zeros((0, 0))
     exit_code = EXIT_PASS
     with tempfile.TemporaryDirectory(prefix="qassure-gate-") as tmp:
-        progress(f"quantizing {config.name} ({'given .tflite files' if config.model is None else config.model.name})")
+        source = "given .tflite files" if config.model is None else config.model.name
+        progress(f"quantizing {config.name} ({source})")
         step("quantize")
         models = make_models(config, target, Path(tmp))
         pair = models.pair
@@ -141,8 +143,8 @@ def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str 
         step("certify")
         progress(f"certifying over {len(boxes)} region(s), method {method}")
         try:
-            cert = certify_models(config, target, pair, method=method, time_limit=time_limit, max_boxes=max_boxes,
-                                  workers=workers, progress=progress)
+            cert = certify_models(config, target, pair, method=method, time_limit=time_limit,
+                                  max_boxes=max_boxes, workers=workers, progress=progress)
             done("certify")
             checks += certificate_checks(cert, config)
             step("sampling")
@@ -192,8 +194,9 @@ def gate_summary_lines(result: GateResult) -> list[str]:
         if sats:
             lines.append(f"saturating layers ({len(sats)} channels can leave their int8 range):")
             for s in sats[:8]:
-                lines.append(f"    {s.op} {s.tensor}[{s.channel}]: float [{s.float_low:.4g}, {s.float_high:.4g}] vs "
-                             f"int8 range [{s.int8_low:.4g}, {s.int8_high:.4g}]{' (witnessed)' if s.witnessed else ''}")
+                seen = " (witnessed)" if s.witnessed else ""
+                lines.append(f"    {s.op} {s.tensor}[{s.channel}]: float [{s.float_low:.4g}, "
+                             f"{s.float_high:.4g}] vs int8 range [{s.int8_low:.4g}, {s.int8_high:.4g}]{seen}")
             if len(sats) > 8:
                 lines.append(f"    ... {len(sats) - 8} more in the report")
     if result.metrics:
