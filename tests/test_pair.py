@@ -89,11 +89,13 @@ def test_one_run_reads_each_tflite_once_and_prepares_once(tmp_path, monkeypatch,
 
 def test_certify_on_given_tflite_files_reads_each_once(tmp_path, monkeypatch, zoo, loads):
     m = zoo["mlp_fused"]
-    cfg = _write(tmp_path / "pair.yaml", {"float_tflite": str(m.float_tflite), "int8_tflite": str(m.int8_tflite),
+    cfg = _write(tmp_path / "pair.yaml", {"float_tflite": str(m.float_tflite),
+                                          "int8_tflite": str(m.int8_tflite),
                                           "region": {"box": {"low": -1.0, "high": 1.0}},
                                           "budget": {"max_abs_error": 100.0}, "representative_data": 16})
     _fake(monkeypatch)
-    res = CliRunner().invoke(app, ["certify", str(cfg), "--target", "cortex-m4", "--out", str(tmp_path / "c")])
+    res = CliRunner().invoke(app, ["certify", str(cfg), "--target", "cortex-m4", "--out",
+                                   str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     names = sorted([m.float_tflite.name, m.int8_tflite.name])
     assert sorted(loads["read"]) == names and sorted(loads["parse"]) == names
@@ -163,9 +165,9 @@ def image_config(tmp_path_factory) -> Path:
     model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
     model.save(d / "conv.keras")
     np.save(d / "centers.npy", np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32))
+    around = {"data": "centers.npy", "radius": 0.05, "count": 2}
     return _write(d / "image.yaml", {"model": "conv.keras", "budget": {"max_abs_error": 100.0},
-                                     "region": {"around": {"data": "centers.npy", "radius": 0.05, "count": 2}},
-                                     "representative_data": 32, "samples": 100})
+                                     "region": {"around": around}, "representative_data": 32, "samples": 100})
 
 
 @pytest.mark.tf

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from toolchain.certify.settings import Settings
 from toolchain.config import (
     BallsRegion,
     BoxRegion,
@@ -15,7 +16,6 @@ from toolchain.config import (
     representative_samples,
     sample_shape,
 )
-from toolchain.certify.settings import Settings
 from toolchain.errors import ConfigError
 from toolchain.targets import TARGETS_DIR, list_targets, load_target
 
@@ -26,7 +26,8 @@ def test_shipped_targets_load() -> None:
     targets = {t.name: t for t in list_targets()}
     assert SHIPPED <= set(targets)
     m4 = targets["cortex-m4"]
-    assert (m4.kernel_library, m4.rounding, m4.flash_bytes, m4.ram_bytes) == ("cmsis-nn", "double", 2 << 20, 640 << 10)
+    assert (m4.kernel_library, m4.rounding, m4.flash_bytes, m4.ram_bytes) == (
+        "cmsis-nn", "double", 2 << 20, 640 << 10)
     assert "-mcpu=cortex-m4" in m4.cpu_flags and m4.qemu_machine == "mps2-an386"
     assert targets["cortex-m4-single-rounding"].rounding == "single"
     assert targets["esp32-s3"].kernel_library == "esp-nn"
@@ -50,7 +51,8 @@ def test_target_by_path_and_frozen(tmp_path: Path) -> None:
         (lambda s: s.replace("rounding: double", "rounding: triple"), "key 'rounding'"),
         (lambda s: s.replace("flash_bytes: 2097152", "flash_bytes: lots"), "key 'flash_bytes'"),
         (lambda s: s.replace("kernel_library: cmsis-nn\n", ""), "missing key 'kernel_library'"),
-        (lambda s: s.replace("  core: cortex-m4\n", "  core: cortex-m4\n  fpu: yes\n"), "unknown key 'cpu.fpu'"),
+        (lambda s: s.replace("  core: cortex-m4\n", "  core: cortex-m4\n  fpu: yes\n"),
+         "unknown key 'cpu.fpu'"),
         (lambda s: s + "  bad: [\n", "malformed YAML"),
         (lambda s: "- just\n- a list\n", "expected a mapping"),
     ],
@@ -154,7 +156,8 @@ def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path, text: str, n
 
 def test_sample_shape_is_the_model_input_shape(tmp_path: Path) -> None:
     """Never the flat region size: a 3-value box still gives image-shaped samples for an image model."""
-    cfg = load_config(_write(tmp_path, BASE.replace("high: [1, 2, 3]", "high: 1") + "representative_data: 5\n"))
+    text = BASE.replace("high: [1, 2, 3]", "high: 1") + "representative_data: 5\n"
+    cfg = load_config(_write(tmp_path, text))
     assert sample_shape(cfg, (None, 4, 4, 3)) == (4, 4, 3)  # Keras: batch None
     assert sample_shape(cfg, (1, 4, 4, 3)) == (4, 4, 3)  # int8 graph: batch 1
     assert representative_samples(cfg, (4, 4, 3)).shape == (5, 4, 4, 3)
@@ -167,7 +170,8 @@ def test_sample_shape_takes_unknown_dimensions_from_the_data_file(tmp_path: Path
     cfg = load_config(_write(tmp_path, BASE + "representative_data: centers.npy\n"))  # (4, 3) samples
     assert sample_shape(cfg, (None, None, 3)) == (3,)
     assert sample_shape(cfg, (None, None)) == (3,)
-    with pytest.raises(ConfigError, match=r"representative_data.*\(3,\) do not fit the model input \(None, None, 7\)"):
+    with pytest.raises(ConfigError,
+                       match=r"representative_data.*\(3,\) do not fit the model input \(None, None, 7\)"):
         sample_shape(cfg, (None, None, 7))
 
 
