@@ -15,6 +15,7 @@ as the quantize step reports how far Keras lies from the float .tflite.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -69,33 +70,36 @@ class ModelPair:
             return xs
         return falsify.snap_to_input_grid(self.net, np.asarray(xs, dtype=np.float64), Box(low, high))
 
+    def reference(self, xs: np.ndarray) -> np.ndarray:
+        """f(x), the float reference on the certified tensor, for a batch xs (B, n): (B, k) float64."""
+        return self._batched(lambda x: self.net.forward_float(x)[self.net.output], xs)
+
     def errors(self, xs: np.ndarray) -> np.ndarray:
         """f(x) − f_q(x) on the certified tensor for a batch xs (B, n): (B, k) float64."""
-        xs = np.atleast_2d(np.asarray(xs, dtype=np.float64))
-        step = self._chunk
-        return np.concatenate([falsify.errors(self.net, self.prepared, xs[i:i + step])
-                               for i in range(0, len(xs), step)] or [np.zeros((0, self.net.n_outputs))])
+        return self._batched(lambda x: falsify.errors(self.net, self.prepared, x), xs)
 
     def evaluate(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(f, f_q) on the certified tensor, each (B, k) float64 (f_q = f − (f − f_q))."""
-        xs = np.atleast_2d(np.asarray(xs, dtype=np.float64))
-        step = self._chunk
-        f = np.concatenate([self.net.forward_float(xs[i:i + step])[self.net.output]
-                            for i in range(0, len(xs), step)] or [np.zeros((0, self.net.n_outputs))])
+        f = self.reference(xs)
         return f, f - self.errors(xs)
 
-    @cached_property
-    def _chunk(self) -> int:
-        """Inputs per evaluation: the float pass keeps every node's values; bound batch x their sizes."""
-        return int(np.clip(_VALUES_PER_BATCH // sum(node.size for node in self.net.nodes), 1, 1024))
+    def _batched(self, fn: Callable[[np.ndarray], np.ndarray], xs: np.ndarray) -> np.ndarray:
+        """fn over xs in batches: the float pass keeps every node's values, so a batch holds at most
+        _VALUES_PER_BATCH of them (a 96x96x3 conv net would otherwise need gigabytes for 1000 inputs)."""
+        xs = np.atleast_2d(np.asarray(xs, dtype=np.float64))
+        values = sum(node.size for node in self.net.nodes)
+        step = int(np.clip(_VALUES_PER_BATCH // values, 1, 1024))
+        parts = [fn(xs[i:i + step]) for i in range(0, len(xs), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.net.n_outputs))
 
 
 def load_pair(float_path: Path | str, int8_path: Path | str, rounding: Rounding,
               input_interface: str = "float") -> ModelPair:
     """Read both .tflite files and prepare the int8 graph, once; ModelError naming a bad file."""
     float_path, int8_path = Path(float_path), Path(int8_path)
-    float_graph = reader.read_model(float_path)
+    float_graph = reader.read_model(float_path)  # validates the file (one ModelError line) and parses it
     int8_graph = reader.read_model(int8_path)
+    # the bytes for the hashes and the artifact: read again right after the parse (not parsed again)
     return ModelPair(float_path, int8_path, float_path.read_bytes(), int8_path.read_bytes(), float_graph,
                      int8_graph, prepare.prepare(int8_graph, rounding), input_interface)
 
@@ -136,5 +140,4 @@ def float32_runtime_gap(pair: ModelPair, xs: np.ndarray) -> float:
         runtime.append(np.array(it.get_tensor(tensor), dtype=np.float64).reshape(-1))
     if not runtime:
         return 0.0
-    reference = pair.net.forward_float(xs.astype(np.float64))[pair.net.output]
-    return float(np.max(np.abs(np.stack(runtime) - reference)))
+    return float(np.max(np.abs(np.stack(runtime) - pair.reference(xs))))
