@@ -17,7 +17,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --pre tflite-micro
-	$(PY) -m pip install --quiet 'pytest>=8' 'hypothesis>=6.100'
 	touch $(STAMP)
 
 # arm-none-eabi-gcc + qemu-system-arm for the firmware tests (needs root + apt).
