@@ -16,7 +16,7 @@ from toolchain.targets import TARGETS_DIR
 runner = CliRunner()
 
 
-def run(*args: str):
+def run(*args: object):
     return runner.invoke(app, [str(a) for a in args])
 
 
@@ -35,7 +35,7 @@ def int8_model(zoo: dict) -> Path:
     return zoo["mlp_fused"].int8_tflite
 
 
-# --------------------------------------------------------------------------------------------- targets / inspect
+# ---------------------------------------------------------------------------------------- targets / inspect
 
 
 def test_targets_table() -> None:
@@ -155,12 +155,14 @@ def test_float_model_where_int8_is_needed(zoo: dict) -> None:
 
 
 def test_wrong_target_name(int8_model: Path) -> None:
-    assert_one_line_error(run("check-bitexact", int8_model, "--target", "cortex-m99"), "unknown target 'cortex-m99'")
+    assert_one_line_error(run("check-bitexact", int8_model, "--target", "cortex-m99"),
+                          "unknown target 'cortex-m99'")
 
 
 def test_malformed_target_yaml(tmp_path: Path, int8_model: Path) -> None:
     bad = tmp_path / "board.yaml"
-    bad.write_text((TARGETS_DIR / "cortex-m4.yaml").read_text().replace("rounding: double", "rounding: sometimes"))
+    profile = (TARGETS_DIR / "cortex-m4.yaml").read_text()
+    bad.write_text(profile.replace("rounding: double", "rounding: sometimes"))
     assert_one_line_error(run("check-bitexact", int8_model, "--target", bad), str(bad), "key 'rounding'")
     bad.write_text("name: [unclosed\n")
     assert_one_line_error(run("inspect", int8_model, "--target", bad), str(bad), "malformed YAML")
@@ -172,7 +174,8 @@ def test_quantize_bad_config(tmp_path: Path) -> None:
     assert_one_line_error(run("quantize", cfg, "--out", tmp_path / "out"), str(cfg), "key 'model'")
     cfg.write_text("region: {box: {low: 0, high: 1}}\nbudget: {max_abs_error: 0.1}\nwat: 1\n")
     assert_one_line_error(run("quantize", cfg, "--out", tmp_path / "out"), "unknown key 'wat'")
-    assert_one_line_error(run("quantize", tmp_path / "none.yaml", "--out", tmp_path / "out"), "file not found")
+    assert_one_line_error(run("quantize", tmp_path / "none.yaml", "--out", tmp_path / "out"),
+                          "file not found")
 
 
 @pytest.mark.tf
@@ -189,7 +192,8 @@ def test_quantize_writes_both_models(tmp_path: Path, zoo: dict) -> None:
                    "representative_data: 16\n")
     res = run("quantize", cfg, "--target", "cortex-m4", "--out", tmp_path / "out")
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "out" / "model_int8.tflite").is_file() and (tmp_path / "out" / "model_float.tflite").is_file()
+    out = tmp_path / "out"
+    assert (out / "model_int8.tflite").is_file() and (out / "model_float.tflite").is_file()
     res = run("check-bitexact", tmp_path / "out" / "model_int8.tflite", "--samples", "8")
     assert res.exit_code == 0 and res.stdout.strip().endswith("bit-exact: 8/8")
 

@@ -15,35 +15,44 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from toolchain import pipeline
+from toolchain.certificate import (
+    Certificate,
+    OutputBound,
+    RegionCertificate,
+    Saturation,
+    Witness,
+    verdict_for,
+)
 from toolchain.certify import certifier, falsify
-from toolchain.certificate import Certificate, OutputBound, RegionCertificate, Saturation, Witness, verdict_for
 from toolchain.cli.main import app
+from toolchain.gate.checks import sample_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 PUMP_MODEL = REPO / "configs" / "models" / "pump_classifier.keras"
 
 
 def fake_engine(margin: float = 2.0, extra: float = 0.2):
-    """A stand-in for toolchain.certify.certifier.certify: every U_k = margin · (sampled max over outputs) + extra."""
+    """A stand-in for toolchain.certify.certifier.certify: every U_k = margin · (sampled max over outputs)
+    + extra."""
 
     def certify(net, pg, boxes, *, budget, target, method="auto", settings=None, workers=1, decision=None,
                 progress=None):
         regions = []
         for b in boxes:
-            xs = pipeline.sample_boxes([(b.low, b.high)], 400, seed=0).astype(np.float64)
+            xs = sample_boxes([(b.low, b.high)], 400, seed=0)
             e = np.abs(falsify.errors(net, pg, xs))
             j = int(np.argmax(e.max(axis=1)))
             lower = e.max(axis=0)
-            outs = [OutputBound(k, float(lower[k]), float(lower.max() * margin + extra)) for k in range(e.shape[1])]
+            upper = float(lower.max() * margin + extra)
+            outs = [OutputBound(k, float(lower[k]), upper) for k in range(e.shape[1])]
             w = Witness([float(v) for v in xs[j]], float(e[j].max()), int(np.argmax(e[j])))
             sat = Saturation("op #0 FULLY_CONNECTED", "dense", 3, -2.0, 9.0, -5.0, 5.0, True)
-            regions.append(RegionCertificate({"box": {"low": b.low.tolist(), "high": b.high.tolist()}}, outs, w,
-                                             max(o.upper for o in outs), max(o.lower for o in outs), "fake", 0.1,
-                                             saturations=[sat]))
+            box = {"box": {"low": b.low.tolist(), "high": b.high.tolist()}}
+            regions.append(RegionCertificate(box, outs, w, max(o.upper for o in outs),
+                                             max(o.lower for o in outs), "fake", 0.1, saturations=[sat]))
         k = len(regions[0].outputs)
-        outs = [OutputBound(i, max(r.outputs[i].lower for r in regions), max(r.outputs[i].upper for r in regions))
-                for i in range(k)]
+        outs = [OutputBound(i, max(r.outputs[i].lower for r in regions),
+                            max(r.outputs[i].upper for r in regions)) for i in range(k)]
         best = max(regions, key=lambda r: r.witness.error)
         region = regions[0].region if len(regions) == 1 else [r.region for r in regions]
         return Certificate(verdict_for(outs, budget), max(o.upper for o in outs), outs, best.witness, region,
@@ -74,12 +83,14 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 @pytest.mark.tf
 def test_gate_passes_and_writes_the_artifact(tmp_path, fake):
     cfg = write_config(tmp_path)
-    code, out, _ = run_cli("run", str(cfg), "--target", "cortex-m4", "--out", str(tmp_path / "build"), "--json")
+    code, out, _ = run_cli("run", str(cfg), "--target", "cortex-m4", "--out", str(tmp_path / "build"),
+                           "--json")
     assert code == 0, out
     doc = json.loads(out)
     assert doc["verdict"] == "pass" and doc["exit_code"] == 0
     names = [c["name"] for c in doc["checks"]]
-    assert names[:3] == ["quantize", "bitexact", "certify"] and "memory-flash" in names and "memory-ram" in names
+    assert names[:3] == ["quantize", "bitexact", "certify"]
+    assert "memory-flash" in names and "memory-ram" in names
     assert all(c["status"] == "pass" for c in doc["checks"])
     art = tmp_path / "build" / "pump" / "cortex-m4"
     assert Path(doc["artifact_dir"]) == art
@@ -88,7 +99,8 @@ def test_gate_passes_and_writes_the_artifact(tmp_path, fake):
         assert (art / f).is_file(), f
     assert set(doc["metrics"]) == {"max_abs_error", "rmse", "mae", "l2_relative_error", "cosine_similarity"}
     assert not (tmp_path / "build" / "pump" / "cortex-m4.failed").exists()
-    assert not [p for p in (tmp_path / "build" / "pump").iterdir() if p.name.startswith(".")]  # no temp dirs left
+    leftovers = [p for p in (tmp_path / "build" / "pump").iterdir() if p.name.startswith(".")]
+    assert not leftovers  # no temp dirs left
 
 
 @pytest.mark.tf
@@ -105,7 +117,8 @@ def test_gate_over_budget_fails_without_deployable_files(tmp_path, fake):
     report = (failed / "report.md").read_text()
     assert "NOT deployable" in report and "Why the gate failed" in report and "## Witness" in report
     junit = (failed / "junit.xml").read_text()
-    assert '<testcase classname="qassure.gate.pump.cortex-m4" name="certify">' in junit and "<failure" in junit
+    assert '<testcase classname="qassure.gate.pump.cortex-m4" name="certify">' in junit
+    assert "<failure" in junit
 
 
 @pytest.mark.tf
@@ -134,7 +147,8 @@ def test_soundness_violation_exits_3_and_emits_nothing_deployable(tmp_path, monk
 
 def test_bad_config_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: nowhere.keras\nregion: {box: {low: 0, high: 1}}\nbudget: {max_abs_error: 1}\nfoo: 1\n")
+    bad.write_text("model: nowhere.keras\nregion: {box: {low: 0, high: 1}}\nbudget: {max_abs_error: 1}\n"
+                   "foo: 1\n")
     res = CliRunner().invoke(app, ["run", str(bad), "--target", "cortex-m4"])
     assert res.exit_code == 2
     assert "foo" in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -156,10 +170,37 @@ def test_certify_command_writes_its_three_files(tmp_path, fake):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["schema"] == "qassure.certificate/1" and doc["verdict"] == "pass"
-    assert {"bound", "outputs", "witness", "region", "target", "method", "hashes", "seconds"} <= set(doc)
-    assert sorted(p.name for p in out.iterdir()) == ["certificate.json", "model_float.tflite", "model_int8.tflite"]
+    assert {"bound", "outputs", "witness", "region", "target", "method", "hashes"} <= set(doc)
+    assert sorted(p.name for p in out.iterdir()) == ["certificate.json", "model_float.tflite",
+                                                     "model_int8.tflite"]
     assert json.loads((out / "certificate.json").read_text())["hashes"]["model_int8.tflite"] == doc["hashes"][
         "model_int8.tflite"]
+
+
+@pytest.mark.parametrize("command", ["certify", "run"])
+def test_work_budget_and_safety_net_reach_the_engines(tmp_path, monkeypatch, zoo, command):
+    """max_boxes (config, or --max-boxes) -> Settings.max_boxes; time_limit -> the safety net; samples ->
+    the falsifier's samples."""
+    seen = []
+    engine = fake_engine()
+
+    def recording(net, pg, boxes, *, settings, **kw):
+        seen.append(settings)
+        return engine(net, pg, boxes, settings=settings, **kw)
+
+    monkeypatch.setattr(certifier, "certify", recording)
+    m = zoo["mlp_fused"]
+    cfg = tmp_path / "budget.yaml"
+    cfg.write_text(yaml.safe_dump({"float_tflite": str(m.float_tflite), "int8_tflite": str(m.int8_tflite),
+                                   "region": {"box": {"low": -1.0, "high": 1.0}},
+                                   "budget": {"max_abs_error": 100.0}, "representative_data": 8,
+                                   "samples": 123, "time_limit": 7, "max_boxes": 11}))
+    base = [command, str(cfg), "--target", "cortex-m4", "--out", str(tmp_path / "o")]
+    assert run_cli(*base)[0] == 0
+    assert run_cli(*base, "--max-boxes", "3", "--time-limit", "2.5")[0] == 0
+    assert [(s.max_boxes, s.time_limit, s.falsify_samples) for s in seen] == [(11, 7.0, 123), (3, 2.5, 123)]
+    res = CliRunner().invoke(app, [*base, "--max-boxes", "0"])
+    assert res.exit_code == 2 and "--max-boxes" in res.stderr
 
 
 def test_shipped_configs_load():

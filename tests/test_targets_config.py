@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolchain.config import BallsRegion, BoxRegion, check_region, load_config, representative_samples
+from toolchain.certify.settings import Settings
+from toolchain.config import (
+    BallsRegion,
+    BoxRegion,
+    check_region,
+    load_config,
+    representative_samples,
+    sample_shape,
+)
 from toolchain.errors import ConfigError
 from toolchain.targets import TARGETS_DIR, list_targets, load_target
 
@@ -18,7 +26,8 @@ def test_shipped_targets_load() -> None:
     targets = {t.name: t for t in list_targets()}
     assert SHIPPED <= set(targets)
     m4 = targets["cortex-m4"]
-    assert (m4.kernel_library, m4.rounding, m4.flash_bytes, m4.ram_bytes) == ("cmsis-nn", "double", 2 << 20, 640 << 10)
+    assert (m4.kernel_library, m4.rounding, m4.flash_bytes, m4.ram_bytes) == (
+        "cmsis-nn", "double", 2 << 20, 640 << 10)
     assert "-mcpu=cortex-m4" in m4.cpu_flags and m4.qemu_machine == "mps2-an386"
     assert targets["cortex-m4-single-rounding"].rounding == "single"
     assert targets["esp32-s3"].kernel_library == "esp-nn"
@@ -42,7 +51,8 @@ def test_target_by_path_and_frozen(tmp_path: Path) -> None:
         (lambda s: s.replace("rounding: double", "rounding: triple"), "key 'rounding'"),
         (lambda s: s.replace("flash_bytes: 2097152", "flash_bytes: lots"), "key 'flash_bytes'"),
         (lambda s: s.replace("kernel_library: cmsis-nn\n", ""), "missing key 'kernel_library'"),
-        (lambda s: s.replace("  core: cortex-m4\n", "  core: cortex-m4\n  fpu: yes\n"), "unknown key 'cpu.fpu'"),
+        (lambda s: s.replace("  core: cortex-m4\n", "  core: cortex-m4\n  fpu: yes\n"),
+         "unknown key 'cpu.fpu'"),
         (lambda s: s + "  bad: [\n", "malformed YAML"),
         (lambda s: "- just\n- a list\n", "expected a mapping"),
     ],
@@ -88,6 +98,7 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert low.tolist() == [-1, -1, -1] and high.tolist() == [1, 2, 3]
     assert cfg.max_abs_error == (0.1,) and cfg.budget(3).tolist() == [0.1] * 3
     assert cfg.representative_data == 256 and cfg.samples >= 1 and cfg.time_limit > 0
+    assert cfg.max_boxes == Settings().max_boxes
     check_region(cfg, 3, 5)
     rep = representative_samples(cfg, (3,))
     assert rep.shape == (256, 3) and np.all(rep >= low) and np.all(rep <= high)
@@ -97,12 +108,13 @@ def test_config_tflite_pair_balls_and_options(tmp_path: Path) -> None:
     text = ("name: pump\nfloat_tflite: f.tflite\nint8_tflite: q.tflite\n"
             "region:\n  around: {data: centers.npy, radius: 0.05, count: 2}\n"
             "input_interface: int8\nbudget: {max_abs_error: [0.1, 0.2]}\ndecision: top1\n"
-            "representative_data: 32\nsamples: 500\ntime_limit: 10\n")
+            "representative_data: 32\nsamples: 500\ntime_limit: 10\nmax_boxes: 64\n")
     cfg = load_config(_write(tmp_path, text))
     assert cfg.model is None and cfg.int8_tflite == tmp_path / "q.tflite"
     assert isinstance(cfg.region, BallsRegion) and cfg.region.count == 2
     assert cfg.region.centers().shape == (2, 3)
-    assert (cfg.input_interface, cfg.decision, cfg.samples, cfg.time_limit) == ("int8", "top1", 500, 10.0)
+    assert (cfg.input_interface, cfg.decision, cfg.samples, cfg.time_limit, cfg.max_boxes) == (
+        "int8", "top1", 500, 10.0, 64)
     check_region(cfg, 3, 2)
     with pytest.raises(ConfigError, match="budget.max_abs_error.*2 values.*5 outputs"):
         check_region(cfg, 3, 5)
@@ -122,6 +134,8 @@ def test_config_tflite_pair_balls_and_options(tmp_path: Path) -> None:
         (BASE.replace("model.h5", "missing.h5"), "key 'model': file not found"),
         (BASE + "input_interface: uint8\n", "key 'input_interface'"),
         (BASE + "samples: many\n", "key 'samples'"),
+        (BASE + "max_boxes: 0\n", "key 'max_boxes'"),
+        (BASE + "max_boxes: 2.5\n", "key 'max_boxes'"),
         (BASE.replace("box: {low: -1, high: [1, 2, 3]}", "box: {low: 2, high: 1}"), "low[0] = 2.0 is above"),
         (BASE.replace("box:", "ball:"), "unknown key 'region.ball'"),
         (BASE + "float_tflite: f.tflite\nint8_tflite: q.tflite\n", "not both"),
@@ -138,6 +152,27 @@ def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path, text: str, n
     msg = str(e.value)
     assert needle in msg, msg
     assert str(p) in msg and "\n" not in msg
+
+
+def test_sample_shape_is_the_model_input_shape(tmp_path: Path) -> None:
+    """Never the flat region size: a 3-value box still gives image-shaped samples for an image model."""
+    text = BASE.replace("high: [1, 2, 3]", "high: 1") + "representative_data: 5\n"
+    cfg = load_config(_write(tmp_path, text))
+    assert sample_shape(cfg, (None, 4, 4, 3)) == (4, 4, 3)  # Keras: batch None
+    assert sample_shape(cfg, (1, 4, 4, 3)) == (4, 4, 3)  # int8 graph: batch 1
+    assert representative_samples(cfg, (4, 4, 3)).shape == (5, 4, 4, 3)
+    assert sample_shape(cfg, (None, None, 5)) == (5,)  # ACAS Xu: the quantizer drops the unknown dimension
+    with pytest.raises(ConfigError, match="no known dimension"):
+        sample_shape(cfg, (None, None))
+
+
+def test_sample_shape_takes_unknown_dimensions_from_the_data_file(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, BASE + "representative_data: centers.npy\n"))  # (4, 3) samples
+    assert sample_shape(cfg, (None, None, 3)) == (3,)
+    assert sample_shape(cfg, (None, None)) == (3,)
+    with pytest.raises(ConfigError,
+                       match=r"representative_data.*\(3,\) do not fit the model input \(None, None, 7\)"):
+        sample_shape(cfg, (None, None, 7))
 
 
 def test_region_size_must_match_model(tmp_path: Path) -> None:

@@ -8,12 +8,14 @@ checked by `check_region` once the model's input/output sizes are known.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from toolchain.certify.settings import DEFAULT as DEFAULT_SETTINGS
 from toolchain.errors import ConfigError
 
 _NUMBER_OR_LIST = {
@@ -72,12 +74,13 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "representative_data": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
         "samples": {"type": "integer", "minimum": 1},
         "time_limit": {"type": "number", "exclusiveMinimum": 0},
+        "max_boxes": {"type": "integer", "minimum": 1},
     },
 }
 
 DEFAULT_REPRESENTATIVE_COUNT = 256
 DEFAULT_SAMPLES = 1000
-DEFAULT_TIME_LIMIT = 60.0
+DEFAULT_TIME_LIMIT = 60.0  # seconds: a safety net, the work budget (max_boxes, samples) drives the search
 
 
 # --------------------------------------------------------------------------------------------- YAML + schema
@@ -103,7 +106,8 @@ def _describe(error: Any) -> str:
     if v in ("minProperties", "maxProperties") and where and where[-1] == "region":
         return "key 'region': give exactly one of 'box' or 'around'"
     if v == "enum":
-        return f"key '{_key(where)}': {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+        choices = ", ".join(map(str, error.validator_value))
+        return f"key '{_key(where)}': {error.instance!r} is not one of {choices}"
     if v == "type":
         want = error.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
@@ -191,7 +195,8 @@ class Config:
     decision: Literal["top1"] | None
     representative_data: Path | int  # a .npy/.csv file, or a number of samples drawn from the region
     samples: int  # falsifier / bit-exact sample count
-    time_limit: float  # seconds
+    time_limit: float  # seconds: the certify engines' safety net (when it bites, the verdict is unknown)
+    max_boxes: int  # work budget: boxes bounded per region by branch and bound (deterministic)
 
     def budget(self, output_size: int) -> np.ndarray:
         return np.broadcast_to(np.asarray(self.max_abs_error, dtype=np.float64), (output_size,)).copy()
@@ -248,7 +253,8 @@ def load_config(path: str | Path) -> Config:
     if isinstance(rep, str):
         rep = _file(base, rep, "representative_data", path)
         if rep.suffix.lower() not in (".npy", ".csv"):
-            raise ConfigError(f"key 'representative_data': expected a .npy or .csv file, got {rep.name}", path)
+            raise ConfigError(f"key 'representative_data': expected a .npy or .csv file, got {rep.name}",
+                              path)
 
     budget = _vector(data["budget"]["max_abs_error"])
     return Config(
@@ -265,6 +271,7 @@ def load_config(path: str | Path) -> Config:
         representative_data=rep,
         samples=int(data.get("samples", DEFAULT_SAMPLES)),
         time_limit=float(data.get("time_limit", DEFAULT_TIME_LIMIT)),
+        max_boxes=int(data.get("max_boxes", DEFAULT_SETTINGS.max_boxes)),
     )
 
 
@@ -275,8 +282,8 @@ def check_region(config: Config, input_size: int, output_size: int | None = None
         for key, vec in (("low", region.low), ("high", region.high)):
             if len(vec) not in (1, input_size):
                 raise ConfigError(
-                    f"key 'region.box.{key}': {len(vec)} values, but the model has {input_size} inputs", config.path
-                )
+                    f"key 'region.box.{key}': {len(vec)} values, but the model has {input_size} inputs",
+                    config.path)
     else:
         try:
             centers = region.centers()
@@ -296,23 +303,60 @@ def check_region(config: Config, input_size: int, output_size: int | None = None
                           f"has {output_size} outputs", config.path)
 
 
-def representative_samples(config: Config, sample_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """Representative data for the converter: the configured file, or samples drawn from the region."""
-    from toolchain.quantize import load_representative, sample_region
+def _representative_file(config: Config, path: Path) -> np.ndarray:
+    from toolchain.quantize import load_representative
 
-    size = int(np.prod(sample_shape))
+    try:
+        return load_representative(path)
+    except ConfigError:
+        raise
+    except Exception as exc:  # ModelError from the loader: re-label it as this key
+        raise ConfigError(f"key 'representative_data': {exc}", config.path) from None
+
+
+def sample_shape(config: Config, model_input_shape: Sequence[int | None]) -> tuple[int, ...]:
+    """The shape of one input sample: the model's input shape without its batch dimension.
+
+    `model_input_shape` is the Keras model's declared input shape (batch None first) or, for a config
+    naming .tflite files, the int8 graph's input shape (batch 1 first). Representative data drawn from
+    a flat region box or ball is reshaped to it (`representative_samples`): the flat region size never
+    decides the shape. Unknown (None) dimensions come from a `representative_data` file whose samples
+    fit the known ones; without a file they are dropped (the quantizer rebuilds a plain chain of layers
+    on the lower-rank input: ACAS Xu's (None, None, 5) takes samples of shape (5,)).
+    """
+    dims = tuple(model_input_shape)[1:]
+    known = tuple(int(d) for d in dims if d is not None)
+    if len(known) == len(dims):
+        return known
+    declared = (None, *dims)
+    if isinstance(config.representative_data, Path):
+        shape = tuple(int(d) for d in _representative_file(config, config.representative_data).shape[1:])
+        same_rank = len(shape) == len(dims) and all(
+            d is None or d == s for d, s in zip(dims, shape, strict=True))
+        if same_rank or shape == known:
+            return shape
+        raise ConfigError(f"key 'representative_data': samples of shape {shape} do not fit the model input "
+                          f"{declared}", config.path)
+    if not known:
+        raise ConfigError(f"the model input {declared} has no known dimension: give a representative_data "
+                          "file", config.path)
+    return known
+
+
+def representative_samples(config: Config, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Representative data for the converter, (N, *shape) float32: the configured file, or samples drawn
+    from the region (flat, then reshaped to the model's sample `shape`, see `sample_shape`)."""
+    from toolchain.quantize import sample_region
+
+    size = int(np.prod(shape))
     check_region(config, size)
     if isinstance(config.representative_data, Path):
-        try:
-            data = load_representative(config.representative_data)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise ConfigError(f"key 'representative_data': {exc}", config.path) from None
-        if int(np.prod(data.shape[1:])) != size:
-            raise ConfigError(f"key 'representative_data': samples have {int(np.prod(data.shape[1:]))} values, "
-                              f"but the model has {size} inputs", config.path)
-        return data.reshape((len(data), *sample_shape))
+        data = _representative_file(config, config.representative_data)
+        values = int(np.prod(data.shape[1:]))
+        if values != size:
+            raise ConfigError(f"key 'representative_data': samples have {values} values, but the model has "
+                              f"{size} inputs", config.path)
+        return data.reshape((len(data), *shape)).astype(np.float32)
     count = config.representative_data
     if isinstance(config.region, BoxRegion):
         low, high = config.region.arrays(size)
@@ -322,5 +366,5 @@ def representative_samples(config: Config, sample_shape: tuple[int, ...], seed: 
         r = config.region.radius
         rng = np.random.default_rng(seed)
         pick = centers[rng.integers(0, len(centers), count)]
-        flat = (pick + rng.uniform(-r, r, pick.shape)).astype(np.float32)
-    return flat.reshape((count, *sample_shape)).astype(np.float32)
+        flat = pick + rng.uniform(-r, r, pick.shape)
+    return flat.reshape((count, *shape)).astype(np.float32)

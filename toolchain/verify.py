@@ -3,12 +3,13 @@
 Three independent checks, all of which must hold:
   1. integrity: certificate.json's own digest matches its content and bytes; every file listed in its
      `hashes` exists with that sha256; no other file is present (timings.json excepted: not hashed);
-  2. witness replay: each region's witness input, run through the float graph and the bit-exact
-     executor (with the target's rounding), reaches the recorded error (within float32 tolerance),
-     and that error is within the region's certified bound;
+  2. witness replay: each region's witness input, run through the float reference and the bit-exact
+     executor (with the target's rounding; `toolchain.pair`: the functions the certificate is about),
+     reaches the recorded error, and that error is within the region's certified bound;
   3. sampling: a quick random sample of each region shows no error above the certified upper bound
      of any output (an error above it is a soundness violation, exit 3).
 Exit 0 only when all hold and the certificate's gate verdict was pass; 1 otherwise.
+The certificate is read as the JSON document it is (no Certificate object is rebuilt).
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.emit.artifact import CERTIFICATE_NAME, TIMINGS_NAME, check_seal
+from toolchain.emit.artifact import (
+    CERTIFICATE_NAME,
+    FLOAT_TFLITE_NAME,
+    INT8_TFLITE_NAME,
+    TIMINGS_NAME,
+    check_seal,
+)
 from toolchain.errors import EXIT_FAIL, EXIT_PASS, EXIT_SOUNDNESS, QassureError
+from toolchain.pair import load_pair
 
 VERIFY_SAMPLES = 200  # per region
 
@@ -41,8 +49,9 @@ class VerifyResult:
         return EXIT_FAIL if self.problems else EXIT_PASS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), "ok": self.exit_code == EXIT_PASS, "exit_code": self.exit_code,
-                "problems": self.problems, "soundness_violations": self.soundness, "checked": self.checked}
+        return {"directory": str(self.directory), "ok": self.exit_code == EXIT_PASS,
+                "exit_code": self.exit_code, "problems": self.problems,
+                "soundness_violations": self.soundness, "checked": self.checked}
 
 
 def _sha(path: Path) -> str:
@@ -97,40 +106,44 @@ def verify(directory: Path | str, samples: int = VERIFY_SAMPLES, seed: int = 123
         return res
     gate = doc.get("gate") or {}
     if gate and gate.get("verdict") != "pass":
-        res.problems.append(f"{CERTIFICATE_NAME}: the gate did not pass ({gate.get('verdict')}): not deployable")
+        res.problems.append(f"{CERTIFICATE_NAME}: the gate did not pass ({gate.get('verdict')}): "
+                            "not deployable")
     if doc.get("verdict") != "pass":
         res.problems.append(f"{CERTIFICATE_NAME}: certificate verdict is {doc.get('verdict')!r}, not 'pass'")
-    fpath, ipath = directory / "model_float.tflite", directory / "model_int8.tflite"
+    fpath, ipath = directory / FLOAT_TFLITE_NAME, directory / INT8_TFLITE_NAME
     if not (fpath.is_file() and ipath.is_file()):
-        res.problems.append("model_float.tflite / model_int8.tflite: needed to replay the witness, missing")
+        res.problems.append(f"{FLOAT_TFLITE_NAME} / {INT8_TFLITE_NAME}: needed to replay the witness, "
+                            "missing")
         return res
     rounding = (doc.get("target_profile") or {}).get("rounding")
     if rounding is None:
         from toolchain.targets import load_target
 
         rounding = load_target(doc["target"]).rounding
-    from toolchain.pipeline import PairEvaluator
-
+    interface = ((doc.get("config") or {}).get("contents") or {}).get("input_interface", "float")
     try:
-        pair = PairEvaluator(fpath, ipath, rounding, doc.get("certified_tensor"))
+        pair = load_pair(fpath, ipath, rounding, interface)
+        certified = pair.net.certified_tensor
     except QassureError as exc:
         res.problems.append(f"model files: {exc}")
         return res
+    if doc.get("certified_tensor") not in (None, certified):
+        res.problems.append(f"{CERTIFICATE_NAME}: certified tensor {doc['certified_tensor']!r} is not the "
+                            f"one the model pair bounds ({certified!r})")
+        return res
     regions = doc.get("regions") or []
-    interface = ((doc.get("config") or {}).get("contents") or {}).get("input_interface", "float")
 
     # 2. witness replay
     for i, r in enumerate(regions):
         w = r["witness"]
-        x = np.asarray(w["input"], dtype=np.float64)[None]
-        _, _, err = pair.errors(x)
-        got = float(err.max())
+        got = float(np.abs(pair.errors(np.asarray(w["input"], dtype=np.float64)[None])).max())
         tol = 1e-5 + 1e-4 * abs(float(w["error"]))
         if abs(got - float(w["error"])) > tol:
             res.problems.append(f"witness of region {i}: replayed error {got:.9g} differs from the recorded "
                                 f"{w['error']:.9g}")
         elif got > float(r["bound"]) + 1e-6 * (1 + abs(float(r["bound"]))):
-            res.soundness.append(f"witness of region {i}: error {got:.9g} above the certified bound {r['bound']:.9g}")
+            res.soundness.append(f"witness of region {i}: error {got:.9g} above the certified bound "
+                                 f"{r['bound']:.9g}")
         else:
             res.checked.append(f"witness of region {i}: replayed error {got:.6g} (recorded {w['error']:.6g})")
 
@@ -139,17 +152,14 @@ def verify(directory: Path | str, samples: int = VERIFY_SAMPLES, seed: int = 123
     worst = 0.0
     for i, r in enumerate(regions):
         lo, hi = _box(r["region"])
-        n = max(1, samples)
-        xs = lo + rng.uniform(0.0, 1.0, (n, lo.size)) * (hi - lo)
-        if interface == "int8":
-            xs = pair.snap_to_grid(xs)
-        _, _, err = pair.errors(xs)
+        xs = pair.on_input_grid(lo + rng.uniform(0.0, 1.0, (max(1, samples), lo.size)) * (hi - lo), lo, hi)
+        err = np.abs(pair.errors(xs))
         upper = np.array([o["upper"] for o in r["outputs"]], dtype=np.float64)
         over = err - (upper + 1e-6 * (1 + np.abs(upper)))
         if np.any(over > 0):
             j, k = np.unravel_index(int(np.argmax(over)), over.shape)
-            res.soundness.append(f"sampling region {i}: error {err[j, k]:.9g} on output {k} above the certified "
-                                 f"upper bound {upper[k]:.9g}")
+            res.soundness.append(f"sampling region {i}: error {err[j, k]:.9g} on output {k} above the "
+                                 f"certified upper bound {upper[k]:.9g}")
         worst = max(worst, float(err.max(initial=0.0)))
     if regions and not res.soundness:
         res.checked.append(f"sampling: {samples} inputs per region, max error {worst:.6g} within every bound")

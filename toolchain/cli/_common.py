@@ -1,13 +1,24 @@
-"""What every command shares: verbosity, output helpers, one-line errors."""
+"""What every command shares: verbosity, output helpers, one-line errors, the certify options' checks,
+the progress display."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import typer
+
+from toolchain.errors import QassureError
+
+METHODS = ("auto", "interval", "differential", "milp", "split")
+MAX_BOXES_HELP = "Work budget: boxes bounded per region, deterministic (default: the config's max_boxes)."
+TIME_LIMIT_HELP = ("Safety net in seconds (default: the config's time_limit); when it bites, the verdict is "
+                   "unknown and the certificate says so.")
+WORKERS_HELP = "Processes for input splitting (default: every CPU this process may use)."
 
 
 @dataclass
@@ -50,3 +61,25 @@ def one_line(message: object) -> str:
 def error(message: object) -> None:
     sys.stderr.write(f"error: {one_line(message)}\n")
     sys.stderr.flush()
+
+
+def check_method(method: str) -> None:
+    """--method must name a certify engine (exit 2 otherwise)."""
+    if method not in METHODS:
+        raise QassureError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+
+
+@contextlib.contextmanager
+def progress_display(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A rich spinner on stderr showing the current step; yields the progress callback."""
+    if not enabled:
+        yield lambda _msg: None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:  # CI logs: one plain line per step
+        yield lambda msg: console.print(f"… {msg}", highlight=False, markup=False)
+        return
+    with console.status("starting", spinner="dots") as status:
+        yield lambda msg: status.update(msg)

@@ -1,60 +1,64 @@
 """`qassure certify CONFIG --target T`: the certificate alone (no bit-exact check, memory check or artifact).
 
 Writes `model_float.tflite`, `model_int8.tflite` (the files certified) and `certificate.json` into --out
-(default build/<config>/<target>.certify/). Exit 0 pass, 1 refuted/unknown, 2 bad input, 3 soundness violation.
+(default build/<config>/<target>.certify/). Exit 0 pass, 1 refuted/unknown, 2 bad input, 3 soundness
+violation.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import typer
 
-from toolchain.cli._common import emit_json, result, say
-
-METHODS = ("auto", "interval", "differential", "milp", "split")
-
-
-def check_method(method: str) -> None:
-    from toolchain.errors import QassureError
-
-    if method not in METHODS:
-        raise QassureError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+from toolchain.cli._common import (
+    MAX_BOXES_HELP,
+    TIME_LIMIT_HELP,
+    WORKERS_HELP,
+    check_method,
+    emit_json,
+    progress_display,
+    result,
+    say,
+)
 
 
 def command(
     config: Path = typer.Argument(..., help="Config YAML (configs/NAME.yaml)."),
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
     method: str = typer.Option("auto", "--method", help="auto | interval | differential | milp | split."),
-    time_limit: float = typer.Option(None, "--time-limit", help="Seconds (default: the config's time_limit)."),
-    workers: int = typer.Option(None, "--workers", min=1,
-                                help="Processes for input splitting (default: every CPU this process may use)."),
-    out: Path = typer.Option(None, "--out", help="Output directory (default build/<config>/<target>.certify)."),
+    max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
+    time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    out: Path | None = typer.Option(None, "--out",
+                                    help="Output directory (default build/<config>/<target>.certify)."),
     json_out: bool = typer.Option(False, "--json", help="Print the certificate as one JSON object."),
 ) -> None:
     """Certify max |float − int8| over the config's region for one target."""
     from toolchain.certify.split import available_cpus
-    from toolchain.cli.run import progress_display
     from toolchain.config import load_config
-    from toolchain.emit.artifact import write_certify_outputs
+    from toolchain.emit.artifact import certificate_dict, write_certify_outputs
     from toolchain.errors import EXIT_FAIL, EXIT_PASS
-    from toolchain.pipeline import certify_models, make_models
+    from toolchain.gate.run import certify_models, make_models
     from toolchain.targets import load_target
 
     check_method(method)
     cfg = load_config(config)
     tgt = load_target(target)
     out_dir = out if out is not None else Path("build") / cfg.name / f"{tgt.name}.certify"
-    with tempfile.TemporaryDirectory(prefix="qassure-certify-") as tmp, progress_display(not json_out) as progress:
+    tmp_dir = tempfile.TemporaryDirectory(prefix="qassure-certify-")
+    with tmp_dir as tmp, progress_display(not json_out) as progress:
         progress(f"preparing models for {cfg.name}")
         models = make_models(cfg, tgt, Path(tmp))
-        cert = certify_models(cfg, tgt, models, method=method, time_limit=time_limit,
-                              workers=workers or available_cpus(),
-                              progress=progress)
-        path = write_certify_outputs(out_dir, cert, models.float_tflite, models.int8_tflite)
+        t0 = time.perf_counter()
+        cert = certify_models(cfg, tgt, models.pair, method=method, time_limit=time_limit,
+                              max_boxes=max_boxes, workers=workers or available_cpus(), progress=progress)
+        seconds = time.perf_counter() - t0
+        path = write_certify_outputs(out_dir, cert, models.pair)
     if json_out:
-        emit_json(cert.to_dict())
+        emit_json(certificate_dict(cert))
     else:
         for o in cert.outputs:
             say(f"output {o.index}: witnessed {o.lower:.6g} ≤ max error ≤ {o.upper:.6g} certified "
@@ -62,5 +66,5 @@ def command(
         for note in cert.notes:
             say(f"note: {note}")
         say(f"certificate: {path}")
-        result(f"{cert.verdict}: bound {cert.bound:.6g} ({cert.method}, {cert.seconds:.1f} s)")
+        result(f"{cert.verdict}: bound {cert.bound:.6g} ({cert.method}, {seconds:.1f} s)")
     raise typer.Exit(EXIT_PASS if cert.verdict == "pass" else EXIT_FAIL)

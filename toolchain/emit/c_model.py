@@ -500,14 +500,16 @@ def compile_only(src_dir: Path, target: Target, rounding: str) -> ImageSize:
 # --------------------------------------------------------------------------------------------- emit
 
 
-def emit_c(int8_tflite: Path | str, out_dir: Path | str, target: Target, *, build: bool = True) -> EmitResult:
-    """Write model.h, model.c and the kernel library into out_dir; size the image when the toolchain is here."""
+def emit_c(int8_tflite: Path | str, out_dir: Path | str, target: Target, *, build: bool = True,
+           prepared: prepare.PreparedGraph | None = None) -> EmitResult:
+    """Write model.h, model.c and the kernel library into out_dir; size the image when the toolchain is here.
+    `prepared`: the graph of `int8_tflite` already prepared for `target.rounding` (then not read again)."""
     path = Path(int8_tflite)
-    graph = reader.read_model(path)
+    graph = reader.read_model(path) if prepared is None else prepared.graph
     if graph.input.dtype != "int8":
         raise ModelError(f"input '{graph.input.name}' is {graph.input.dtype}: emit-c needs a full-int8 model with "
                          "int8 input (a float-input graph would quantize on the device in float)", path)
-    pg = prepare.prepare(graph, target.rounding)
+    pg = prepare.prepare(graph, target.rounding) if prepared is None else prepared
     header, source, sizes = generate(pg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -623,12 +625,14 @@ def _with_rounding(target: Target, rounding: str) -> Target:
 # --------------------------------------------------------------------------------------------- gate
 
 
-def verify_on_qemu(int8_tflite: Path, target: Target, inputs: np.ndarray) -> dict[str, Any]:
-    """The gate's firmware record: the executor vs the emitted C on the target's emulated core."""
+def verify_on_qemu(int8_tflite: Path, target: Target, inputs: np.ndarray,
+                   prepared: prepare.PreparedGraph | None = None) -> dict[str, Any]:
+    """The gate's firmware record: the executor (on `prepared` when given) vs the emitted C on the
+    target's emulated core."""
     from toolchain import execute
 
     oracle = QemuOracle(int8_tflite, target)
-    pg = prepare.prepare(oracle.graph, target.rounding)
+    pg = prepare.prepare(oracle.graph, target.rounding) if prepared is None else prepared
     xs = np.asarray(inputs).reshape((-1, *oracle.graph.input.shape))
     ours = execute.run(pg, xs).outputs
     theirs = oracle.run(xs)

@@ -45,7 +45,8 @@ def _plots(directory: Path, doc: dict[str, Any], errors: np.ndarray) -> list[str
         idx = np.array([o["index"] for o in outputs])
         lo = np.array([o["lower"] for o in outputs], dtype=float)
         up = np.array([o["upper"] for o in outputs], dtype=float)
-        ax.bar(idx, up - lo, bottom=lo, width=0.5, color="#4a7ab5", label="[witnessed lower, certified upper]")
+        ax.bar(idx, up - lo, bottom=lo, width=0.5, color="#4a7ab5",
+               label="[witnessed lower, certified upper]")
         ax.scatter(idx, lo, marker="_", s=300, color="#c0392b", zorder=3, label="witnessed lower")
         if budget:
             ax.step(np.r_[idx - 0.5, idx[-1] + 0.5], np.r_[budget, budget[-1]], where="post", color="#2c3e50",
@@ -91,19 +92,20 @@ def sections(doc: dict[str, Any], errors: np.ndarray) -> list[tuple[str, list[st
     """(title, paragraphs, table rows with a header row first) — shared by the Markdown and HTML forms."""
     gate = doc.get("gate") or {}
     out: list[tuple[str, list[str], list[list[str]]]] = []
-    deploy = "deployable artifact" if gate.get("deployable") else "NOT deployable: nothing to flash was written"
+    deploy = ("deployable artifact" if gate.get("deployable")
+              else "NOT deployable: nothing to flash was written")
     cfg = (doc.get("config") or {}).get("name", "?")
     head = [f"Gate verdict: **{str(gate.get('verdict', '?')).upper()}** ({deploy}).",
             f"Config `{cfg}`, target `{doc.get('target')}`, method `{doc.get('method')}`, "
             f"certified tensor `{doc.get('certified_tensor')}`.",
-            f"Certificate verdict: **{doc.get('verdict')}**; guaranteed bound on |float − int8| over the region: "
-            f"**{_fmt(doc.get('bound'))}** (budget {_fmt(max(doc.get('budget') or [0.0]))})."]
+            f"Certificate verdict: **{doc.get('verdict')}**; guaranteed bound on |float − int8| over the "
+            f"region: **{_fmt(doc.get('bound'))}** (budget {_fmt(max(doc.get('budget') or [0.0]))})."]
     failed = [c for c in gate.get("checks", []) if c["status"] == "fail"]
     if failed:
         head.append("Why the gate failed: " + "; ".join(f"{c['name']}: {c['message']}" for c in failed))
     out.append(("Summary", head, []))
     rows = [["output", "witnessed lower", "certified upper", "budget", "within budget"]]
-    for o, b in zip(doc.get("outputs") or [], doc.get("budget") or []):
+    for o, b in zip(doc.get("outputs") or [], doc.get("budget") or [], strict=False):
         rows.append([str(o["index"]), _fmt(o["lower"]), _fmt(o["upper"]), _fmt(b),
                      "yes" if o["upper"] <= b else ("NO (refuted)" if o["lower"] > b else "not proven")])
     out.append(("Per-output bounds", [f"![bounds]({BOUNDS_PNG})"] if len(rows) > 1 else [], rows))
@@ -113,29 +115,34 @@ def sections(doc: dict[str, Any], errors: np.ndarray) -> list[tuple[str, list[st
         out.append(("Witness", [f"An input in the region reaching error {_fmt(w['error'])} on output "
                                 f"{w.get('output_index')}: the lower bound is real, not estimated.",
                                 f"input = [{xs}]"], []))
-    rows = [["check", "status", "message"]] + [[c["name"], c["status"], c["message"]] for c in gate.get("checks", [])]
+    rows = [["check", "status", "message"]]
+    rows += [[c["name"], c["status"], c["message"]] for c in gate.get("checks", [])]
     out.append(("Gate checks", [], rows))
     m = gate.get("metrics") or {}
     if m:
         rows = [["metric", "value"]] + [[label, _fmt(m.get(k))] for k, label in METRIC_NAMES if k in m]
         out.append(("Empirical metrics on the representative data",
-                    ["Measured on the representative data (float TFLite vs bit-exact int8), for comparison with "
-                     "vendor validators. These are observations, not guarantees: the certified bound above is."],
+                    ["Measured on the representative data (the float reference, the float32 graph in "
+                     "float64 arithmetic, vs the bit-exact int8 executor), for comparison with vendor "
+                     "validators. These are observations, not guarantees: the certified bound above is."],
                     rows))
     if errors.size:
         per = errors.reshape(len(errors), -1).max(axis=1)
         out.append(("Sampled errors in the region",
-                    [f"{len(errors)} random inputs of the region: max {per.max():.6g}, mean {per.mean():.6g}, "
+                    [f"{len(errors)} random inputs of the region: max {per.max():.6g}, "
+                     f"mean {per.mean():.6g}, "
                      f"99th percentile {np.percentile(per, 99):.6g}.", f"![errors]({ERRORS_PNG})"], []))
     sats = _saturations(doc)
     rows = [["region", "op", "tensor", "channel", "float range", "int8 range", "witnessed"]]
     for s in sats:
         rows.append([str(s["region"]), s["op"], s["tensor"], str(s["channel"]),
-                     f"[{s['float_low']:.4g}, {s['float_high']:.4g}]", f"[{s['int8_low']:.4g}, {s['int8_high']:.4g}]",
+                     f"[{s['float_low']:.4g}, {s['float_high']:.4g}]",
+                     f"[{s['int8_low']:.4g}, {s['int8_high']:.4g}]",
                      "yes" if s["witnessed"] else "no"])
     out.append(("Saturating layers",
-                ["Channels whose float values can leave the int8 range the device represents inside the region "
-                 "(the main source of quantization error: widen the calibration data or the region it covers)."
+                ["Channels whose float values can leave the int8 range the device represents inside the "
+                 "region (the main source of quantization error: widen the calibration data or the region it "
+                 "covers)."
                  if sats else "No channel can leave its int8 range inside the region."],
                 rows if sats else []))
     notes = doc.get("notes") or []
@@ -172,8 +179,10 @@ def _inline_md(s: str) -> str:
 def html_page(doc: dict[str, Any], errors: np.ndarray) -> str:
     cfg = (doc.get("config") or {}).get("name", "?")
     title = f"qassure report: {cfg} on {doc.get('target')}"
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;}table{border-collapse:collapse;}"
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;}"
+             "table{border-collapse:collapse;}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;}code{background:#f4f4f4;}</style>",
              "</head><body>", f"<h1>{html.escape(title)}</h1>"]
     for sec_title, paras, rows in sections(doc, errors):
