@@ -291,8 +291,9 @@ def _sanitise(node: Any, keras: Any) -> Any:
     if "batch_input_shape" in cfg:  # first layer of a Sequential: Keras 3 takes input_shape only
         cfg["input_shape"] = cfg.pop("batch_input_shape")[1:]
     cls = getattr(keras.layers, cls_name, None)
-    if isinstance(cls, type):
-        allowed = set(inspect.signature(cls.__init__).parameters) | _ALWAYS_KEPT
+    if isinstance(cls, type):  # the constructor is the first __init__ along the MRO (`object` has one)
+        init = next(c.__dict__["__init__"] for c in cls.__mro__ if "__init__" in c.__dict__)
+        allowed = set(inspect.signature(init).parameters) | _ALWAYS_KEPT
         node["config"] = {k: v for k, v in cfg.items() if k in allowed}
     return node
 
