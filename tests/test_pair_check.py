@@ -156,6 +156,12 @@ def test_weight_only_quantized_float_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="dynamic-range"):
         check_float_graph(dynamic)
 
+    converter.target_spec.supported_types = [tf.float16]  # float16 weights, DEQUANTIZE'd at run time
+    with qz._silenced():
+        (tmp_path / "model_fp16.tflite").write_bytes(converter.convert())
+    half = reader.read_model(tmp_path / "model_fp16.tflite")
+    assert "float16-quantized model (float16 weights), not a float32 model" in _refused(half, qg)
+
 
 # --------------------------------------------------------------------------------------------- other models
 
