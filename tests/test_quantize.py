@@ -330,6 +330,25 @@ def test_tf_keras_reads_what_keras3_cannot_and_keras3_loading_is_unchanged(keras
 
 
 @pytest.mark.tf
+def test_keras2_saved_model_without_serving_signature_is_revived_by_tf_keras(tmp_path: Path) -> None:
+    """A Keras 2 SavedModel exported with only a custom-named signature: its Keras metadata rebuilds it."""
+    tf = qz._tf()
+    with qz._silenced():
+        import tf_keras as k2
+
+        k2.utils.set_random_seed(0)
+        model = k2.Sequential([k2.Input((4,)), k2.layers.Dense(3, activation="relu")])
+        predict = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((None, 4), tf.float32)])
+        model.save(tmp_path / "sm", signatures={"predict": predict.get_concrete_function()})
+    x = qz.sample_region(np.full(4, -1.0), np.full(4, 1.0), 8, seed=0)
+    loaded = qz.load_keras_model(tmp_path / "sm")
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=0, atol=1e-6)
+    (tmp_path / "sm" / "keras_metadata.pb").unlink()  # a plain TF SavedModel: nothing to rebuild from
+    with pytest.raises(ModelError, match="no 'serving_default' signature \\(signatures: predict\\)"):
+        qz.load_keras_model(tmp_path / "sm")
+
+
+@pytest.mark.tf
 def test_tf_keras_is_imported_only_for_files_keras3_cannot_read(tmp_path: Path) -> None:
     path = _tiny_model_file(tmp_path)
     code = ("import sys; from toolchain import quantize as qz; qz.load_keras_model(sys.argv[1]); "
