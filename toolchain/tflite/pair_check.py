@@ -8,8 +8,9 @@ Weight criterion. A converter quantizes a weight w to q = round(w / s) + zp, so 
 keeps |w − s (q − zp)| ≤ s / 2 in every channel (symmetric int8 weights never clamp: s = max|w| / 127).
 A bias is held to the scale the kernel really uses, s_in · s_w[c] (TFLite's int8 kernels ignore the bias
 tensor's own scale). That scale can be finer than float32 can resolve: a bias of 0.18 with s_b = 1.7e-10
-(|b| / s_b ≈ 2^30, where the converter caps it) has float32 neighbours 90 s_b apart, so the float bias
-itself, or the same BatchNorm folded in another order, differs from the int32 value by an ulp or two.
+(|b| / s_b = 2^30: for a dead channel the converter enlarges the weight scale just enough for the bias to
+fit) has float32 neighbours 90 s_b apart, so the float bias itself, or the same BatchNorm folded in
+another order, differs from the int32 value by an ulp or two.
 Each element is therefore allowed
     |c_f − c_q| ≤ (s / 2) (1 + ROUNDING_SLACK) + FLOAT32_SLACK · max|c_f|   (max over the tensor),
 and the deviation reported is max |c_f − c_q| / (s / 2 + FLOAT32_SLACK · max|c_f|) (≤ 1: faithful).
