@@ -118,14 +118,43 @@ def _keras() -> Any:
     return keras
 
 
+_TF_KERAS_INSTALL = "pip install 'tf-keras>=2.18,<2.22'"
+
+
+def _tf_keras() -> Any | None:
+    """The legacy Keras 2 package (tf-keras), or None when it is not installed.
+
+    Imported only when Keras 3 cannot read a file. It is a separate package: importing it changes neither
+    `keras` (Keras 3) nor `tf.keras` (chosen by TF_USE_LEGACY_KERAS, which is left alone).
+    """
+    _tf()
+    try:
+        with _silenced():
+            import tf_keras  # noqa: PLC0415
+    except ImportError:
+        return None
+    return tf_keras
+
+
+def _keras_of(model: Any) -> Any:
+    """The Keras package a model belongs to: tf_keras for models loaded through tf-keras, else Keras 3."""
+    if type(model).__module__.split(".")[0] == "tf_keras":
+        import tf_keras  # noqa: PLC0415
+
+        return tf_keras
+    return _keras()
+
+
 # --------------------------------------------------------------------------------------------- loading
 
 
 def load_keras_model(path: Path) -> Any:
-    """Load a Keras model from `.keras`, Keras 2 `.h5` or a SavedModel directory.
+    """Load a Keras model from `.keras`, Keras 2 `.h5` or a SavedModel directory (optimizer state ignored).
 
-    Legacy `.h5` files whose layer configs Keras 3 rejects are rebuilt from their `model_config` JSON
-    with configs reduced to the arguments each Keras 3 layer accepts, then weights are set by layer name.
+    Each file is read by Keras 3 first. What Keras 3 cannot read, e.g. Keras 2 layers it dropped
+    (TFOpLambda for a TF op called in a functional model), is read by tf-keras, the Keras 2 package.
+    Legacy `.h5` files neither reads are rebuilt from their `model_config` JSON with configs reduced
+    to the arguments each Keras 3 layer accepts, then weights are set by layer name.
     """
     path = Path(path)
     if not path.exists():
@@ -143,7 +172,11 @@ def load_keras_model(path: Path) -> Any:
             with _silenced() as out:
                 return keras.models.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:
-            raise ModelError(f"cannot load Keras model: {_useful_line(exc, out)}", path) from None
+            first_line = _useful_line(exc, out, limit=200)
+        model, tf_keras_line = _try_tf_keras(path)
+        if model is None:
+            raise ModelError(f"cannot load Keras model (Keras 3: {first_line}; {tf_keras_line})", path)
+        return model
     if suffix in _KERAS_H5_SUFFIXES:
         return _load_h5(path)
     raise ModelError(f"unsupported model format {suffix!r} (expected .keras, .h5 or a SavedModel dir)", path)
@@ -162,18 +195,39 @@ def _load_h5(path: Path) -> Any:
         with _silenced() as out:
             return keras.models.load_model(path, compile=False)
     except Exception as first:
-        first_line = _useful_line(first, out)
+        first_line = _useful_line(first, out, limit=200)
+    model, tf_keras_line = _try_tf_keras(path)
+    if model is not None:
+        return model
     try:
         with _silenced():
             return _rebuild_legacy_h5(path)
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(
-            f"cannot load Keras .h5 ({first_line}); rebuilding from its config also failed: "
-            f"{_useful_line(exc, [])}",
-            path,
-        ) from None
+        raise ModelError(f"cannot load Keras .h5 (Keras 3: {first_line}; {tf_keras_line}); rebuilding from "
+                         f"its config also failed: {_useful_line(exc, [], limit=200)}", path) from None
+
+
+def _try_tf_keras(path: Path) -> tuple[Any | None, str]:
+    """(model, "") when tf-keras loads `path`, else (None, why not) for the caller's one-line error.
+
+    Always in tf-keras's safe mode, as Keras 3 reads files: a Lambda layer holding Python bytecode is
+    refused, not run. (tf-keras's `load_model` applies `safe_mode` to `.keras` archives only, so for
+    `.h5` the safe-mode scope is entered here.)
+    """
+    tf_keras = _tf_keras()
+    if tf_keras is None:
+        return None, f"tf-keras, which reads Keras 2 files, is not installed ({_TF_KERAS_INSTALL})"
+    try:
+        from tf_keras.src.saving.serialization_lib import SafeModeScope  # noqa: PLC0415
+    except ImportError:
+        return None, "tf-keras has no safe-mode scope at tf_keras.src.saving.serialization_lib"
+    try:
+        with _silenced() as out, SafeModeScope(True):
+            return tf_keras.models.load_model(str(path), compile=False, safe_mode=True), ""
+    except Exception as exc:
+        return None, f"tf-keras: {_useful_line(exc, out, limit=200)}"
 
 
 def _rebuild_legacy_h5(path: Path) -> Any:
@@ -237,14 +291,20 @@ def _sanitise(node: Any, keras: Any) -> Any:
     if "batch_input_shape" in cfg:  # first layer of a Sequential: Keras 3 takes input_shape only
         cfg["input_shape"] = cfg.pop("batch_input_shape")[1:]
     cls = getattr(keras.layers, cls_name, None)
-    if isinstance(cls, type):
-        allowed = set(inspect.signature(cls.__init__).parameters) | _ALWAYS_KEPT
+    if isinstance(cls, type):  # the constructor is the first __init__ along the MRO (`object` has one)
+        init = next(c.__dict__["__init__"] for c in cls.__mro__ if "__init__" in c.__dict__)
+        allowed = set(inspect.signature(init).parameters) | _ALWAYS_KEPT
         node["config"] = {k: v for k, v in cfg.items() if k in allowed}
     return node
 
 
 def _load_saved_model(path: Path) -> Any:
-    """Wrap a TF SavedModel's `serving_default` signature as a single-input Keras model."""
+    """Wrap a TF SavedModel's `serving_default` signature as a single-input Keras model.
+
+    The signature is the graph the training script exported, so nothing is re-implemented. A Keras 2
+    SavedModel saved with its optimizer needs tf-keras: TensorFlow's loader imports it by itself to
+    revive the optimizer's slot variables (without it: "'_UserObject' object has no attribute 'add_slot'").
+    """
     if not (path / "saved_model.pb").exists():
         raise ModelError("directory is not a SavedModel (no saved_model.pb)", path)
     keras = _keras()
@@ -252,8 +312,20 @@ def _load_saved_model(path: Path) -> Any:
     try:
         with _silenced() as out:
             loaded = tf.saved_model.load(str(path))
-            signature = loaded.signatures["serving_default"]
-            _, kwargs = signature.structured_input_signature
+    except Exception as exc:
+        raise ModelError(f"cannot load SavedModel: {_saved_model_failure(exc, out)}", path) from None
+    signatures = dict(loaded.signatures)
+    if "serving_default" not in signatures:
+        if (path / "keras_metadata.pb").exists():  # a Keras 2 model saved without a serving signature
+            model, why = _try_tf_keras(path)
+            if model is not None:
+                return model
+            raise ModelError(f"SavedModel has no 'serving_default' signature and {why}", path)
+        raise ModelError(f"SavedModel has no 'serving_default' signature (signatures: "
+                         f"{', '.join(sorted(signatures)) or 'none'})", path)
+    try:
+        with _silenced() as out:
+            _, kwargs = signatures["serving_default"].structured_input_signature
             if len(kwargs) != 1:
                 raise ModelError(f"SavedModel signature has {len(kwargs)} inputs; one is supported", path)
             (spec,) = kwargs.values()
@@ -262,7 +334,8 @@ def _load_saved_model(path: Path) -> Any:
             outputs = layer(inp)
             if isinstance(outputs, dict):
                 if len(outputs) != 1:
-                    raise ModelError(f"SavedModel signature has {len(outputs)} outputs; one is supported", path)
+                    raise ModelError(f"SavedModel signature has {len(outputs)} outputs; one is supported",
+                                     path)
                 (outputs,) = outputs.values()
             return keras.Model(inp, outputs)
     except ModelError:
@@ -271,7 +344,18 @@ def _load_saved_model(path: Path) -> Any:
         raise ModelError(f"cannot load SavedModel: {_useful_line(exc, out)}", path) from None
 
 
-# --------------------------------------------------------------------------------------------- representative data
+def _saved_model_failure(exc: BaseException, captured: list[str]) -> str:
+    """Why tf.saved_model.load failed, naming the missing package when it is a Keras 2 optimizer."""
+    import importlib.util  # noqa: PLC0415
+
+    line = _useful_line(exc, captured, limit=200)
+    if ("add_slot" in line or "optimizer" in line.lower()) and importlib.util.find_spec("tf_keras") is None:
+        return (f"it holds a Keras 2 optimizer, which only tf-keras can revive; install it "
+                f"({_TF_KERAS_INSTALL}) [{line}]")
+    return line
+
+
+# ------------------------------------------------------------------------------------- representative data
 
 
 def sample_region(low: Any, high: Any, count: int, seed: int) -> np.ndarray:
@@ -297,13 +381,15 @@ def load_representative(path: Path) -> np.ndarray:
         elif suffix == ".csv":
             data = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, comments="#")
         else:
-            raise ModelError(f"unsupported representative data format {suffix!r} (expected .npy or .csv)", path)
+            raise ModelError(f"unsupported representative data format {suffix!r} (expected .npy or .csv)",
+                             path)
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"cannot read representative data: {str(exc).splitlines()[0]}", path) from None
     if not np.issubdtype(data.dtype, np.number) or data.ndim < 2 or data.shape[0] == 0:
-        raise ModelError(f"representative data must be a non-empty numeric array (N, ...), got {data.shape}", path)
+        raise ModelError(f"representative data must be a non-empty numeric array (N, ...), got {data.shape}",
+                         path)
     if not np.all(np.isfinite(data)):
         raise ModelError("representative data contains NaN or infinity", path)
     return data.astype(np.float32)
@@ -366,7 +452,7 @@ def _fit_input(model: Any, sample_shape: tuple[int, ...], label: object) -> Any:
         if all(d is None or d == s for d, s in zip(declared, sample_shape, strict=True)):
             return model
     elif tuple(d for d in declared if d is not None) == tuple(sample_shape):
-        keras = _keras()
+        keras = _keras_of(model)
         layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
         if _is_chain(model, layers):
             with _silenced():
@@ -403,7 +489,8 @@ def _frozen_function(model: Any, input_shape: tuple[int, ...]) -> Any:
         return convert_variables_to_constants_v2(fn.get_concrete_function())
 
 
-def _convert(frozen: Any, rep: np.ndarray | None, label: object, *, int8_io: bool, per_channel: bool) -> bytes:
+def _convert(frozen: Any, rep: np.ndarray | None, label: object, *, int8_io: bool,
+             per_channel: bool) -> bytes:
     """One TFLiteConverter run: float32 when `rep` is None, else full-integer int8 calibrated on `rep`."""
     tf = _tf()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
@@ -425,7 +512,7 @@ def _convert(frozen: Any, rep: np.ndarray | None, label: object, *, int8_io: boo
 
 
 def _keras_vs_float(model: Any, float_path: Path, rep: np.ndarray) -> float:
-    """max |Keras − float TFLite| over `rep`, the TFLite side on reference-path builtin kernels (no XNNPACK)."""
+    """max |Keras − float TFLite| over `rep`; TFLite on reference-path builtin kernels (no XNNPACK)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
 
     with _silenced():
