@@ -27,6 +27,7 @@ from toolchain.certify.region import Box
 from toolchain.execute.arith import Rounding
 from toolchain.merge import MergedNet, build
 from toolchain.tflite import ir, prepare, reader
+from toolchain.tflite.pair_check import validate_pair
 from toolchain.tflite.prepare import PreparedGraph
 
 _VALUES_PER_BATCH = 2**24  # float64 values of one evaluation batch (128 MiB)
@@ -95,10 +96,13 @@ class ModelPair:
 
 def load_pair(float_path: Path | str, int8_path: Path | str, rounding: Rounding,
               input_interface: str = "float") -> ModelPair:
-    """Read both .tflite files and prepare the int8 graph, once; ModelError naming a bad file."""
+    """Read both .tflite files and prepare the int8 graph, once; ModelError naming a bad file, or
+    saying how the two files fail to be a float graph and the full-int8 graph of the same model
+    (tflite.pair_check)."""
     float_path, int8_path = Path(float_path), Path(int8_path)
     float_graph = reader.read_model(float_path)  # validates the file (one ModelError line) and parses it
     int8_graph = reader.read_model(int8_path)
+    validate_pair(float_graph, int8_graph)
     # the bytes for the hashes and the artifact: read again right after the parse (not parsed again)
     return ModelPair(float_path, int8_path, float_path.read_bytes(), int8_path.read_bytes(), float_graph,
                      int8_graph, prepare.prepare(int8_graph, rounding), input_interface)
