@@ -405,7 +405,9 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     `parent` (an analysis of enclosing boxes, one per box) tightens every range: a child's linear
     bound can be looser than its parent's, so the smaller one is kept. Hidden neurons whose
     relaxations are already exact on their interval ranges (`settled`) keep those ranges unless
-    `full` (the MILP and the saturation report want every range tight; the bound is the same)."""
+    `full` (the MILP and the saturation report want every range tight). Their relaxations do not
+    change, but later layers' interval ranges start from theirs, so the bound can come out a
+    little looser (0.75% on one 3-layer net in tests) for a fraction of the work deep in a search."""
     B = len(boxes)
     nodes: list[NodeBounds] = []
     lines: list[NodeLines | None] = []
@@ -414,8 +416,9 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
         if parent is not None:
             nb = nb.meet(parent.nodes[t])
         if t > 0 and not node.linear_only:
-            # Only neurons a box may still move between pieces need symbolic bounds: where every
-            # relaxation is already exact, tighter ranges change nothing downstream.
+            # Only neurons a box may still move between pieces get symbolic bounds: where every
+            # relaxation is already exact, tighter ranges only reach later layers through their
+            # interval ranges.
             todo = np.ones((B, node.size), dtype=bool) if full or t == net.output else ~settled(node, nb)
             if todo.any():
                 up = _node_rows(net, t, todo, nodes, lines, boxes, settings)
