@@ -12,25 +12,39 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolchain.certify import cells, falsify, split, symbolic
+import netgen
+from toolchain.certify import bnb, cells, falsify, symbolic
+from toolchain.certify.parallel import LocalRunner, PoolRunner, Problem
+from toolchain.certify.region import Box, BoxBatch
+from toolchain.certify.settings import DEFAULT
 from toolchain.margins import with_margin
-from toolchain.certify.region import Box
-from toolchain.merge import build
-from toolchain.tflite import prepare, reader
-
-from test_certify import _exhaustive
 
 
-def _net(res, interface):
-    pg = prepare.prepare(reader.read_model(res.int8_tflite))
-    return build(reader.read_model(res.float_tflite), pg, interface), pg
+@pytest.fixture(scope="module")
+def tiny_nets():
+    return {seed: netgen.tiny(seed) for seed in (0, 1, 2)}
+
+
+def _net(pair, interface):
+    return pair.net(interface)
+
+
+def _exhaustive(net, pg, box):
+    s = net.input_scale
+    axes = [np.arange(np.ceil(lo / s - 1e-9), np.floor(hi / s + 1e-9) + 1) for lo, hi in zip(box.low, box.high)]
+    xs = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1) * s
+    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
+
+
+def _analysis(net, box):
+    return symbolic.differential_analysis(net, BoxBatch.of([box]))
 
 
 def _cell_upper(net, pg, box, analysis=None):
-    a = analysis or symbolic.differential_analysis(net, box)
-    cb = cells.cell_bounds(net, box, a.bounds, cells.device_outputs(net, pg, box))
-    assert np.all(cb.err_low <= cb.err_high + 1e-12)
-    return np.maximum(np.abs(cb.err_low), np.abs(cb.err_high)), cb
+    a = analysis or _analysis(net, box)
+    bound, candidates = cells.cell_bounds(net, box, a, cells.device_outputs(net, pg, box))
+    assert np.all(bound.low <= bound.high + 1e-12)
+    return bound.upper, candidates
 
 
 def _edge_points(net, box, rng, n=400):
@@ -44,21 +58,18 @@ def _edge_points(net, box, rng, n=400):
     return np.clip(np.vstack([xs, box.corners(50, rng)]), box.low, box.high)
 
 
-@pytest.mark.tf
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cell_bound_on_int8_grid_holds(tiny_nets, seed):
     net, pg = _net(tiny_nets[seed], "int8")
     box = Box(np.array([-0.6, -0.4]), np.array([0.5, 0.7])).snap_to_grid(net.input_scale, net.input_zero_point)
     exact = _exhaustive(net, pg, box)
-    analysis = symbolic.differential_analysis(net, box)
-    upper, cb = _cell_upper(net, pg, box, analysis)
+    upper, candidates = _cell_upper(net, pg, box)
     assert np.all(with_margin(upper) >= exact), (upper, exact)
     # Candidates are real inputs of the box, and the best of them is a real error.
-    assert np.all((cb.candidates >= box.low) & (cb.candidates <= box.high))
-    assert np.abs(falsify.errors(net, pg, cb.candidates)).max() <= exact.max() + 1e-12
+    assert np.all((candidates >= box.low) & (candidates <= box.high))
+    assert np.abs(falsify.errors(net, pg, candidates)).max() <= exact.max() + 1e-12
 
 
-@pytest.mark.tf
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_one_cell_box_is_exact_on_int8_grid(tiny_nets, seed):
     """A box of one int8 input: everything is known, the bound is the error there."""
@@ -73,7 +84,6 @@ def test_one_cell_box_is_exact_on_int8_grid(tiny_nets, seed):
         assert np.allclose(upper, err, atol=1e-9), (upper, err)
 
 
-@pytest.mark.tf
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(c0=st.floats(-0.8, 0.8), c1=st.floats(-0.8, 0.8), r=st.floats(0.002, 0.2), seed=st.sampled_from([0, 1, 2]))
 def test_cell_bound_float_interface_holds_at_rounding_edges(tiny_nets, c0, c1, r, seed):
@@ -85,23 +95,21 @@ def test_cell_bound_float_interface_holds_at_rounding_edges(tiny_nets, c0, c1, r
     assert np.all(with_margin(upper) >= seen), (upper, seen)
 
 
-@pytest.mark.tf
 def test_sub_box_outputs_are_the_enumerated_ones(tiny_nets):
     net, pg = _net(tiny_nets[1], "float")
     box = Box(np.array([-0.2, 0.05]), np.array([0.1, 0.3]))
     outputs = cells.device_outputs(net, pg, box)
     assert outputs.q.shape[:-1] == tuple(cells.cells_per_input(net, box))
-    for dim, at in split.cell_cuts(net, box)[:2]:
-        for child in split._split_at(box, dim, at):
+    for dim, at in bnb.cell_cuts(net, box)[:2]:
+        for child in box.cut(dim, at):
             sub = outputs.sub(net, child)
             np.testing.assert_array_equal(sub.q, cells.device_outputs(net, pg, child).q)
     with pytest.raises(ValueError):
         outputs.sub(net, Box(box.low - 0.1, box.high))
 
 
-@pytest.mark.tf
 @pytest.mark.parametrize("interface", ["float", "int8"])
-def test_split_with_enumeration_is_sound_and_tighter(tiny_nets, interface):
+def test_split_with_enumeration_is_sound_and_deterministic(tiny_nets, interface):
     net, pg = _net(tiny_nets[0], interface)
     box = Box(np.array([-0.5, -0.5]), np.array([0.5, 0.5]))
     if interface == "int8":
@@ -109,19 +117,31 @@ def test_split_with_enumeration_is_sound_and_tighter(tiny_nets, interface):
         seen = _exhaustive(net, pg, box)
     else:
         seen = np.abs(falsify.errors(net, pg, _edge_points(net, box, np.random.default_rng(3), 4000))).max(axis=0)
-    plain = split.split_search(net, box, time_limit=10.0, target=lambda u: False, max_leaves=24)
-    enum = split.split_search(net, box, time_limit=10.0, target=lambda u: False, max_leaves=24, pg=pg,
-                              enum_cells=float("inf"))
-    assert enum.enumerated >= 1
-    assert np.all(with_margin(enum.upper) >= seen)
-    assert enum.upper.max() <= plain.upper.max() + 1e-12
-    # Two workers: the same search over a process pool (device outputs cross process boundaries).
-    pooled = split.split_search(net, box, time_limit=10.0, target=lambda u: False, max_leaves=24, pg=pg,
-                                enum_cells=float("inf"), workers=2)
-    assert pooled.enumerated >= 1 and np.all(with_margin(pooled.upper) >= seen)
+    settings = DEFAULT.replace(max_boxes=48, round_boxes=4, enum_cells=10**9)
+    problem = Problem(net, pg, settings)
+    root = symbolic.differential_analysis(net, BoxBatch.of([box]), full=True)
+
+    def search(runner, enumerate_cells=True):
+        try:
+            return bnb.branch_and_bound(problem, root, runner, decided=lambda b: False,
+                                        enumerate_cells=enumerate_cells)
+        finally:
+            runner.close()
+
+    plain = search(LocalRunner(problem), enumerate_cells=False)
+    enum = search(LocalRunner(problem))
+    assert enum.work["enumerated"] >= 1 and plain.work["enumerated"] == 0
+    assert np.all(with_margin(enum.bound.upper) >= seen) and np.all(with_margin(plain.bound.upper) >= seen)
+    # Enumeration never loosens what the differential engine certified on the same box.
+    assert np.all(enum.bound.upper <= root.bound.upper[0] + 1e-12)
+    # Two workers: the same search over a process pool (device outputs cross process boundaries),
+    # the same answer bit for bit.
+    pooled = search(PoolRunner(problem, 2))
+    np.testing.assert_array_equal(pooled.bound.high, enum.bound.high)
+    np.testing.assert_array_equal(pooled.bound.low, enum.bound.low)
+    assert pooled.work == enum.work
 
 
-@pytest.mark.tf
 def test_cell_count(tiny_nets):
     net, _ = _net(tiny_nets[0], "float")
     s = net.input_scale
@@ -131,7 +151,6 @@ def test_cell_count(tiny_nets):
     assert cells.cell_count(net, Box(np.array([0.0, 0.0]), np.array([1e9, 1.0]))) == float("inf")
 
 
-@pytest.mark.tf
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cells_cut_exactly_on_rounding_edges(tiny_nets, seed):
     """Boxes starting or ending on a rounding edge s (k + 1/2): inputs there may go to either

@@ -2,15 +2,19 @@
 
 Per output k: a certified upper bound U_k >= max |f_k(x) - f_q,k(x)| over the region, a witnessed
 lower bound L_k (an input that really reaches that error through the exact executor), and the
-witness itself. Serialised as JSON with schema "qassure.certificate/1".
+witness itself. Serialised as JSON with schema "qassure.certificate/2".
+
+A certificate is a function of (config, models, target, qassure version, settings), never of the
+machine: it records the work budget that bounded the search and the work done, never seconds (the
+gate's timings.json holds those). When the wall-clock safety net stops a search before its work
+budget is spent, the verdict is `unknown` and `stopped` says so.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
-SCHEMA = "qassure.certificate/1"
+SCHEMA = "qassure.certificate/2"
 
 VERDICT_PASS = "pass"
 VERDICT_REFUTED = "refuted"
@@ -55,8 +59,8 @@ class RegionCertificate:
     bound: float  # max_k upper
     lower: float  # max_k lower
     method: str
-    seconds: float
-    leaves: int = 1  # boxes of the final input split
+    stopped: str  # why the engine stopped: decided, work budget spent, nothing left to refine, time limit, ...
+    work: dict[str, int] = field(default_factory=dict)  # boxes bounded, cell enumerations, MILP solves/nodes
     saturations: list[Saturation] = field(default_factory=list)
     decision: dict | None = None  # {"kind": "top1", "certified": bool, ...}
 
@@ -70,10 +74,10 @@ class Certificate:
     region: dict | list[dict]
     target: str
     method: str
-    seconds: float
     budget: list[float]  # per output
     certified_tensor: str  # which tensor the bound is about (e.g. logits before SOFTMAX)
     regions: list[RegionCertificate]
+    work_budget: dict = field(default_factory=dict)  # the settings that bound the search (per region)
     hashes: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     schema: str = SCHEMA
@@ -81,53 +85,15 @@ class Certificate:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-
-def verdict_for(outputs: list[OutputBound], budget: list[float]) -> str:
-    """pass if every U_k <= budget_k; refuted if some witnessed L_k > budget_k; else unknown."""
-    if all(o.upper <= b for o, b in zip(outputs, budget)):
+def verdict_for(outputs: list[OutputBound], budget: list[float], timed_out: bool = False) -> str:
+    """pass if every U_k <= budget_k; refuted if some witnessed L_k > budget_k; else unknown. A
+    search the wall clock stopped is unknown whatever it reached (another machine would have
+    reached something else)."""
+    if timed_out:
+        return VERDICT_UNKNOWN
+    if all(o.upper <= b for o, b in zip(outputs, budget, strict=True)):
         return VERDICT_PASS
-    if any(o.lower > b for o, b in zip(outputs, budget)):
+    if any(o.lower > b for o, b in zip(outputs, budget, strict=True)):
         return VERDICT_REFUTED
     return VERDICT_UNKNOWN
-
-
-def from_dict(d: dict) -> Certificate:
-    """Rebuild a Certificate from its JSON form (for verify-certificate)."""
-
-    def wit(w):
-        return Witness(**w)
-
-    regions = [
-        RegionCertificate(
-            region=r["region"],
-            outputs=[OutputBound(**o) for o in r["outputs"]],
-            witness=wit(r["witness"]),
-            bound=r["bound"],
-            lower=r["lower"],
-            method=r["method"],
-            seconds=r["seconds"],
-            leaves=r.get("leaves", 1),
-            saturations=[Saturation(**s) for s in r.get("saturations", [])],
-            decision=r.get("decision"),
-        )
-        for r in d["regions"]
-    ]
-    return Certificate(
-        verdict=d["verdict"],
-        bound=d["bound"],
-        outputs=[OutputBound(**o) for o in d["outputs"]],
-        witness=wit(d["witness"]),
-        region=d["region"],
-        target=d["target"],
-        method=d["method"],
-        seconds=d["seconds"],
-        budget=d["budget"],
-        certified_tensor=d["certified_tensor"],
-        regions=regions,
-        hashes=d.get("hashes", {}),
-        notes=d.get("notes", []),
-        schema=d.get("schema", SCHEMA),
-    )

@@ -22,21 +22,14 @@ import numpy as np
 
 from toolchain.certify import falsify as F
 from toolchain.certify.region import Box
-from toolchain.certify.symbolic import float_linear_bounds
+from toolchain.certify.result import ErrorBound
+from toolchain.certify.settings import DEFAULT
+from toolchain.certify.symbolic import Analysis, float_linear_bounds
 from toolchain.execute import run
 from toolchain.margins import CELL_TOL
 from toolchain.merge import MergedNet
 from toolchain.tflite.prepare import PreparedGraph
 
-# Cells evaluated per executor call (memory: cells x widest layer).
-_CHUNK = 8192
-
-
-@dataclass(frozen=True)
-class CellBounds:
-    err_low: np.ndarray  # per output: certified lower end of y_k - ŷ_k over the box
-    err_high: np.ndarray
-    candidates: np.ndarray  # inputs inside the box where the bound is reached (witness candidates)
 
 
 def cells_per_input(net: MergedNet, box: Box) -> np.ndarray | None:
@@ -91,37 +84,38 @@ class CellOutputs:
         return CellOutputs(k_lo, self.q[tuple(slice(a, b) for a, b in zip(first, stop))])
 
 
-def device_outputs(net: MergedNet, pg: PreparedGraph, box: Box) -> CellOutputs:
+def device_outputs(net: MergedNet, pg: PreparedGraph, box: Box, chunk: int = DEFAULT.cell_chunk) -> CellOutputs:
     """Run the exact executor once per input cell of the box, at the cell's grid value s k (whose
-    quantization is k, clamped to int8 as on the device)."""
+    quantization is k, clamped to int8 as on the device), `chunk` cells per executor call."""
     k_lo, shape, flat = _cell_grid(box, net.input_scale)
     q = np.empty((flat.shape[0], net.n_outputs), dtype=np.int8)
-    for at, r in _runs_on_cells(net, pg, flat, keep_intermediates=False):
+    for at, r in _runs_on_cells(net, pg, flat, False, chunk):
         q[at] = r.output.reshape(at.stop - at.start, -1)
     return CellOutputs(k_lo, q.reshape(shape + (net.n_outputs,)))
 
 
-def _runs_on_cells(net: MergedNet, pg: PreparedGraph, flat: np.ndarray, keep_intermediates: bool):
+def _runs_on_cells(net: MergedNet, pg: PreparedGraph, flat: np.ndarray, keep_intermediates: bool, chunk: int):
     """The executor on cells (their index vectors `flat`, (cells, D)) at their grid values s k, in
-    chunks of _CHUNK up to the certified tensor: yields (slice of `flat`, Run)."""
+    chunks of `chunk` up to the certified tensor: yields (slice of `flat`, Run)."""
     s = net.input_scale
-    for start in range(0, flat.shape[0], _CHUNK):
-        at = slice(start, min(start + _CHUNK, flat.shape[0]))
+    for start in range(0, flat.shape[0], chunk):
+        at = slice(start, min(start + chunk, flat.shape[0]))
         x = s * flat[at]
         yield at, run(pg, F.quantized_input(net, pg, x), keep_intermediates=keep_intermediates,
                       until=net.int8_output_tensor)
 
 
-def device_ranges(net: MergedNet, pg: PreparedGraph, box: Box) -> list[tuple[np.ndarray, np.ndarray] | None]:
+def device_ranges(net: MergedNet, pg: PreparedGraph, box: Box,
+                  chunk: int = DEFAULT.cell_chunk) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Per merged node, the smallest and largest int8 value (zero point removed, LSB units) the
     device's tensor takes on any input cell of the box: exact ranges of the quantized side, from
     the executor run on every cell (at most a few hundred thousand of them, see cell_count).
     None for nodes whose tensor the int8 graph does not hold."""
-    return device_ranges_and_outputs(net, pg, box, with_outputs=False)[0]
+    return device_ranges_and_outputs(net, pg, box, False, chunk)[0]
 
 
 def device_ranges_and_outputs(
-    net: MergedNet, pg: PreparedGraph, box: Box, with_outputs: bool,
+    net: MergedNet, pg: PreparedGraph, box: Box, with_outputs: bool, chunk: int = DEFAULT.cell_chunk,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray] | None], CellOutputs | None]:
     """device_ranges and, with `with_outputs`, device_outputs of the same box from one run of the
     executor on its cells."""
@@ -131,7 +125,7 @@ def device_ranges_and_outputs(
     lo: list = [None] * len(net.nodes)
     hi: list = [None] * len(net.nodes)
     q = np.empty((flat.shape[0], net.n_outputs), dtype=np.int8) if with_outputs else None
-    for at, r in _runs_on_cells(net, pg, flat, keep_intermediates=True):
+    for at, r in _runs_on_cells(net, pg, flat, True, chunk):
         if q is not None:
             q[at] = r.output.reshape(at.stop - at.start, -1)
         for t, ti in enumerate(wanted):
@@ -144,10 +138,12 @@ def device_ranges_and_outputs(
     return ranges, None if q is None else CellOutputs(k_lo, q.reshape(shape + (net.n_outputs,)))
 
 
-def cell_bounds(net: MergedNet, box: Box, bounds: list, outputs: CellOutputs) -> CellBounds:
-    """Certified range of y_K - ŷ_K over the box from the device's output on each of its cells.
+def cell_bounds(net: MergedNet, box: Box, analysis: Analysis, outputs: CellOutputs) -> tuple[ErrorBound, np.ndarray]:
+    """Certified range of y_K - ŷ_K over the box from the device's output on each of its cells, and
+    the inputs where it is reached (witness candidates, inside the box).
 
-    `bounds` are the node ranges of an analysis of this box (or of a box enclosing it)."""
+    `analysis` is the differential analysis of this box alone (a batch of one), or of a box
+    enclosing it: its affine bounds of the float output hold on this box too."""
     s = net.input_scale
     shape = outputs.q.shape[:-1]
     ks = [outputs.k_lo[d] + np.arange(n) for d, n in enumerate(shape)]
@@ -159,9 +155,9 @@ def cell_bounds(net: MergedNet, box: Box, bounds: list, outputs: CellOutputs) ->
     else:
         lows = [np.maximum(box.low[d], s * (k - 0.5 - CELL_TOL)) for d, k in enumerate(ks)]
         highs = [np.minimum(box.high[d], s * (k + 0.5 + CELL_TOL)) for d, k in enumerate(ks)]
-    g_lo, c_lo, g_hi, c_hi = float_linear_bounds(net, bounds, box)
+    g_lo, c_lo, g_hi, c_hi = (a[0] for a in float_linear_bounds(net, analysis))
     node = net.nodes[net.output]
-    y_min, y_max = bounds[net.output].y(node)
+    y_min, y_max = (a[0] for a in analysis.nodes[net.output].y(node))
     # max / min of an affine function over a product of intervals is a sum of per-input terms.
     up = c_hi + sum(_term(g_hi[:, d], lows[d], highs[d], np.maximum, len(shape), d) for d in range(len(shape)))
     lo = c_lo + sum(_term(g_lo[:, d], lows[d], highs[d], np.minimum, len(shape), d) for d in range(len(shape)))
@@ -182,7 +178,8 @@ def cell_bounds(net: MergedNet, box: Box, bounds: list, outputs: CellOutputs) ->
             inner_hi = np.maximum(inner_hi, inner_lo)
             candidates.append(np.where(toward * g[k] >= 0, inner_hi, inner_lo))
             candidates.append(np.clip(s * k_cell, inner_lo, inner_hi))
-    return CellBounds(flat_lo[j_lo, outs], flat_hi[j_hi, outs], np.clip(np.array(candidates), box.low, box.high))
+    bound = ErrorBound(flat_lo[j_lo, outs], flat_hi[j_hi, outs])
+    return bound, np.clip(np.array(candidates), box.low, box.high)
 
 
 def _term(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, pick, n_dims: int, d: int) -> np.ndarray:

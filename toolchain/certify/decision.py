@@ -13,13 +13,14 @@ import numpy as np
 
 from toolchain.certify import falsify as F
 from toolchain.certify.region import Box
-from toolchain.certify.symbolic import Analysis, _back_substitute, _relax_node
+from toolchain.certify.symbolic import Analysis, upper_bounds
 from toolchain.merge import MergedNet
 from toolchain.tflite.prepare import PreparedGraph
 
 
 def margins(net: MergedNet, box: Box, analysis: Analysis, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Certified lower bounds of y_c - y_j and ŷ_c - ŷ_j over the box, for every j (j = c gives 0)."""
+    """Certified lower bounds of y_c - y_j and ŷ_c - ŷ_j over the box, for every j (j = c gives 0).
+    `analysis`: the differential analysis of this box alone."""
     K = net.output
     n = net.nodes[K].size
     rows = np.eye(n)
@@ -27,9 +28,7 @@ def margins(net: MergedNet, box: Box, analysis: Analysis, c: int) -> tuple[np.nd
     zero = np.zeros_like(rows)
     out = []
     for Lf, Lq in ((rows, zero), (zero, rows)):
-        P, U, k = _relax_node(net.nodes[K], analysis.bounds[K], Lf, Lq)
-        up = _back_substitute(net, K, P, U, k, analysis.bounds, box)
-        out.append(-up)
+        out.append(-upper_bounds(net, analysis, K, Lf, Lq)[0])
     float_margin, int8_margin = out
     float_margin[c] = int8_margin[c] = 0.0
     return float_margin, int8_margin

@@ -2,17 +2,18 @@
 
 Every error here is *measured*: the float graph in real arithmetic against the bit-exact int8
 executor on the same input (quantized as the device would). The best error per output is the
-certificate's witnessed lower bound.
+certificate's witnessed lower bound. The work done is fixed by the settings (samples, steps,
+starts) and the seed, never by the clock, so the witness is the same on every machine.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from toolchain.certify.region import Box
+from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.execute import kernels, run
 from toolchain.merge import MergedNet
 from toolchain.tflite.prepare import PreparedGraph
@@ -46,37 +47,28 @@ def errors(net: MergedNet, pg: PreparedGraph, xs: np.ndarray) -> np.ndarray:
     return y - node.scale * (q - node.zero_point)
 
 
-def falsify(
-    net: MergedNet, pg: PreparedGraph, box: Box, samples: int = 2000, seed: int = 0, search_steps: int = 40,
-    batch: int = 512, time_limit: float = 30.0, searched_outputs: int = 8,
-) -> Found:
-    """Sample the box (centre, uniform points, vertices), then hill-climb from the incumbents of
-    the `searched_outputs` outputs with the largest errors, within `time_limit` seconds."""
-    t0 = time.monotonic()
+def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DEFAULT, seed: int = 0,
+            batch: int = 512) -> Found:
+    """Sample the box (centre, uniform points, vertices: settings.falsify_samples), hill-climb from
+    the incumbents of the settings.falsify_outputs outputs with the largest errors
+    (settings.falsify_steps steps), then attack the input cells' edges from there."""
     rng = np.random.default_rng(seed)
+    samples = settings.falsify_samples
     n_out = net.n_outputs
     pts = np.vstack([box.center[None], box.sample(max(1, samples // 2), rng), box.corners(max(1, samples // 2), rng)])
     if net.input_interface == "int8":
         pts = snap_to_input_grid(net, pts, box)
-    chunks = []
-    for i in range(0, len(pts), batch):
-        chunks.append(np.abs(errors(net, pg, pts[i : i + batch])))
-        if time.monotonic() - t0 > time_limit / 2:
-            break
-    errs = np.vstack(chunks)
-    pts = pts[: len(errs)]
+    errs = np.vstack([np.abs(errors(net, pg, pts[i : i + batch])) for i in range(0, len(pts), batch)])
     best_idx = errs.argmax(axis=0)
     lower = errs[best_idx, np.arange(n_out)]
     inputs = pts[best_idx].copy()
     # Local search per output: random steps around the incumbent, radius shrinking on failure.
-    searched = np.argsort(-lower)[:searched_outputs]
+    searched = np.argsort(-lower, kind="stable")[: settings.falsify_outputs]
     width = box.width
     for k in searched:
         x, best = inputs[k].copy(), lower[k]
         radius = 0.25
-        for _ in range(search_steps):
-            if time.monotonic() - t0 > time_limit:
-                break
+        for _ in range(settings.falsify_steps):
             cand = x[None] + rng.uniform(-1, 1, size=(32, x.size)) * width * radius
             cand = np.clip(cand, box.low, box.high)
             if net.input_interface == "int8":
@@ -92,8 +84,8 @@ def falsify(
     attack_rng = np.random.default_rng(seed + 7919)
     for k in searched:
         for sign in (1.0, -1.0):
-            starts = np.vstack([inputs[k][None], box.center[None], box.sample(14, attack_rng)])
-            e, x = edge_attack(net, pg, box, starts, int(k), sign, attack_rng, deadline=t0 + time_limit)
+            starts = np.vstack([inputs[k][None], box.center[None], box.sample(settings.edge_starts, attack_rng)])
+            e, x = edge_attack(net, pg, box, starts, int(k), sign, attack_rng, steps=settings.edge_steps)
             if e > lower[k]:
                 lower[k], inputs[k] = e, x
     return Found(lower, inputs, errs.max(axis=1))
@@ -101,7 +93,7 @@ def falsify(
 
 def edge_attack(
     net: MergedNet, pg: PreparedGraph, box: Box, starts: np.ndarray, k: int, sign: float, rng: np.random.Generator,
-    steps: int = 20, deadline: float = float("inf"),
+    steps: int = 20,
 ) -> tuple[float, np.ndarray]:
     """Projected gradient ascent on sign * (y_k - ŷ_k) that exploits the input quantization: the
     device sees only the cell of each input, the float model sees the input itself, so each
@@ -114,8 +106,6 @@ def edge_attack(
     best, best_x = -np.inf, x[0]
     g = np.sign(net.float_gradient(x, w))
     for step in range(steps):
-        if time.monotonic() > deadline:
-            break
         if step > 0:  # the first candidates are the starting points' own cell edges
             size = np.maximum(0.1 * 0.8**step * box.width, 0.3 * s)
             x = np.clip(x + g * size * rng.random(x.shape), box.low, box.high)

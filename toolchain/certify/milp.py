@@ -32,14 +32,16 @@ an objective of O(1..100) LSBs), and never below 1e-5 in real units.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from toolchain.certify import relax
 from toolchain.certify.region import Box
+from toolchain.certify.region import BoxBatch
+from toolchain.certify.result import STOP_ONE_PASS, EngineResult, ErrorBound
+from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.certify.symbolic import Analysis, exact_input
 from toolchain.errors import QassureError
 from toolchain.margins import MILP_ABS_MARGIN, MILP_LSB_MARGIN, MILP_REL_MARGIN, milp_margin
@@ -56,16 +58,6 @@ ENUM_CELLS = 2**19
 # ... and, from the same executor run, their cells' bound (for starting points) when cells x
 # outputs also stays below this: the bound keeps a few float64 arrays of that many entries.
 CELL_POINT_ENTRIES = 2**21
-
-
-@dataclass(frozen=True)
-class MilpResult:
-    upper: np.ndarray  # per output: certified max |error| (dual bound + margin)
-    incumbent: np.ndarray  # per output: best feasible |error| found by the solver (not a guarantee)
-    gap: np.ndarray  # per output: (upper - incumbent) / upper
-    status: list[str]
-    seconds: float = 0.0
-    stats: dict = field(default_factory=dict)
 
 
 # --- model building ---------------------------------------------------------------------------
@@ -233,7 +225,7 @@ def encode(net: MergedNet, box: Box, analysis: Analysis, device_ranges: list | N
     int_lo, int_hi = [], []
     fixed_k0 = None
     for t, node in enumerate(net.nodes):
-        b = analysis.bounds[t]
+        b = analysis.nodes[t].take(0)  # the one box of the analysis: (n,) ranges
         n = node.size
         s = scales[t]
         Lo = np.rint(node.q_lo / s) if not node.linear_only else np.full(n, -np.inf)
@@ -248,7 +240,7 @@ def encode(net: MergedNet, box: Box, analysis: Analysis, device_ranges: list | N
                 nv.append(_NodeVars(y=r0, r=r0))
                 continue
             x = m.var(n, box.low / s, box.high / s)
-            exact, value = exact_input(net, box)
+            exact, value = (a[0] for a in exact_input(net, BoxBatch.of([box])))
             fixed_k0 = np.where(exact, np.rint(value / s), np.nan)
             nz = node.noise / s
             klo = np.where(exact, fixed_k0, np.ceil(box.low / s - nz - _GRID_TOL))
@@ -397,7 +389,7 @@ def _mm(x: np.ndarray, A) -> np.ndarray:
 # --- solving ----------------------------------------------------------------------------------
 
 
-def _highs(enc: Encoding, threads: int | None, verbose: bool):
+def _highs(enc: Encoding, verbose: bool):
     import highspy
 
     m = enc.builder
@@ -424,12 +416,12 @@ def _highs(enc: Encoding, threads: int | None, verbose: bool):
     lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                        for i in np.concatenate(m.integer)]
     h.passModel(lp)
+    # One thread and a fixed seed: HiGHS then takes the same path on every machine, so a node
+    # limit gives the same bound everywhere.
     for key, val in (("presolve", "on"), ("primal_feasibility_tolerance", PRIMAL_TOL),
                      ("dual_feasibility_tolerance", DUAL_TOL), ("mip_feasibility_tolerance", MIP_FEAS_TOL),
-                     ("random_seed", 0)):
+                     ("random_seed", 0), ("threads", 1)):
         h.setOptionValue(key, val)
-    if threads:
-        h.setOptionValue("threads", int(threads))
     return h
 
 
@@ -463,7 +455,7 @@ def _solver_gap(rel_gap: float, expected: float, s_K: float) -> float:
 
 
 def _solve_side(h, highspy, n_col, yk, rk, sign, start, start_val, cutoff, seconds):
-    """One run: maximise sign * (y_k - r_k). Returns (bound or None, incumbent, message)."""
+    """One run: maximise sign * (y_k - r_k). Returns (bound or None, incumbent, message, solution, nodes)."""
     kInf = highspy.kHighsInf
     h.changeColsCost(n_col, np.arange(n_col, dtype=np.int32), np.zeros(n_col))
     h.changeColsCost(2, np.array([yk, rk], dtype=np.int32), np.array([-sign, sign]))
@@ -477,68 +469,74 @@ def _solve_side(h, highspy, n_col, yk, rk, sign, start, start_val, cutoff, secon
     ms = h.getModelStatus()
     info = h.getInfo()
     msg = h.modelStatusToString(ms)
+    nodes = int(max(0, info.mip_node_count))
     dual = float(info.mip_dual_bound)
     prim = float(info.objective_function_value)
     has_sol = int(info.primal_solution_status) == 2 and np.isfinite(prim) and abs(prim) < kInf
     inc = max(start_val, -prim if has_sol else -np.inf)
     x = np.asarray(h.getSolution().col_value) if has_sol else None
     if ms == highspy.HighsModelStatus.kInfeasible and cutoff is not None:
-        return max(cutoff, inc), inc, "no point beats the cutoff", x
+        return max(cutoff, inc), inc, "no point beats the cutoff", x, nodes
     if np.isfinite(dual) and abs(dual) < kInf:
-        return max(-dual, inc), inc, msg, x
-    return None, inc, msg + " (no finite dual bound)", x
+        return max(-dual, inc), inc, msg, x, nodes
+    return None, inc, msg + " (no finite dual bound)", x, nodes
 
 
 def milp_bounds(
     net: MergedNet,
     box: Box,
     analysis: Analysis,
-    time_limit: float = 60.0,
+    settings: Settings = DEFAULT,
     *,
+    node_limit: int | None = None,
     witness=None,
-    rel_gap: float = 1e-2,
-    threads: int | None = None,
     exact_rounding: str = "auto",
     verbose: bool = False,
     pg: PreparedGraph | None = None,
-) -> MilpResult:
+    seconds: float | None = None,
+) -> EngineResult:
     """max and min of y_k - ŷ_k for every output k; sound bounds from the dual bound.
 
-    pg: the prepared int8 graph; when given and the box meets at most ENUM_CELLS input cells, the
-    executor runs on every cell first and the rounded values' integer ranges are cut to the
-    values the device takes (encode's device_ranges); where cells x outputs also stays within
-    CELL_POINT_ENTRIES, the inputs where the cells' bound is reached (cells.cell_bounds) join the
-    starting points.
+    `analysis`: the differential analysis of this box alone (all ranges tight: full=True); its
+    bound is kept where a solve gives nothing better. Every solve stops after `node_limit`
+    branch-and-bound nodes (default settings.milp_nodes) or once its certified bound is within
+    settings.milp_rel_gap of its incumbent; HiGHS runs on one thread with a fixed seed, so the
+    result is the same on every machine. `seconds` is only a safety net per solve.
+
+    pg: the prepared int8 graph; when given and the box meets at most settings.milp_enum_cells
+    input cells, the executor runs on every cell first and the rounded values' integer ranges are
+    cut to the values the device takes (encode's device_ranges); where cells x outputs also stays
+    within settings.milp_cell_point_entries, the inputs where the cells' bound is reached
+    (cells.cell_bounds) join the starting points.
 
     witness: the falsifier's `Found` (or an array of inputs) to start the solver from.
-    rel_gap: each solve stops once its certified bound (dual bound plus the margin) is within
-    this of its incumbent: HiGHS's mip_rel_gap is set that much below rel_gap (_solver_gap).
     exact_rounding: "never" relaxes the hidden layers' rounded values to continuous values in
     [v - noise, v + noise] (a superset of the device's behaviour: sound, slightly looser, much
-    faster); "always" keeps them integer; "auto" first solves the relaxed model, then spends any
-    time left on the integer one and keeps the smaller dual bound. The output layer's rounded
-    value stays integer in every mode.
-    The time limit is shared by all solves (unused time passes on)."""
+    faster); "always" keeps them integer; "auto" first solves the relaxed model, then the integer
+    one, and keeps the smaller dual bound. The output layer's rounded value stays integer in every
+    mode."""
     import highspy
 
     if exact_rounding not in ("auto", "never", "always"):
         raise QassureError(f"exact_rounding must be auto, never or always, not {exact_rounding!r}")
-    t0 = time.monotonic()
+    node_limit = settings.milp_nodes if node_limit is None else node_limit
+    safety = settings.time_limit if seconds is None else seconds
     ranges = None
     cell_points = None
     if pg is not None:
         from toolchain.certify import cells
 
         n_cells = cells.cell_count(net, box)
-        if n_cells <= ENUM_CELLS:
+        if n_cells <= settings.milp_enum_cells:
             ranges, outputs = cells.device_ranges_and_outputs(
-                net, pg, box, with_outputs=n_cells * net.n_outputs <= CELL_POINT_ENTRIES)
+                net, pg, box, n_cells * net.n_outputs <= settings.milp_cell_point_entries, settings.cell_chunk)
             if outputs is not None:
                 # The inputs where the cells' own bound is reached start the solver near the
                 # optimum: with a good incumbent each solve only has to prove its dual bound.
-                cell_points = cells.cell_bounds(net, box, analysis.bounds, outputs).candidates
+                cell_points = cells.cell_bounds(net, box, analysis, outputs)[1]
     enc = encode(net, box, analysis, ranges)
-    h = _highs(enc, threads, verbose)
+    h = _highs(enc, verbose)
+    h.setOptionValue("mip_max_nodes", int(node_limit))
     K = net.output
     s_K = enc.scales[K]
     yk, rk = enc.nodes[K].y, enc.nodes[K].r
@@ -563,32 +561,26 @@ def milp_bounds(
     phases = {"never": [False], "always": [True], "auto": [False, True]}[exact_rounding]
     if not hidden_k.size:
         phases = [True]
-    bound = {}  # (k, sign) -> best sound bound so far (LSB units)
-    inc = {}
+    bound: dict = {}  # (k, sign) -> best sound bound so far (LSB units)
+    inc: dict = {}
     status: list[str] = []
-    for ph_i, integer in enumerate(phases):
+    solves = nodes_total = 0
+    for integer in phases:
         set_hidden(integer)
-        solves_left = 2 * n_out * (len(phases) - ph_i)
         for k in range(n_out):
             first = 1.0 if d_start[:, k].max() >= -d_start[:, k].min() else -1.0
             for sign in (first, -first):
-                remaining = time_limit - (time.monotonic() - t0)
-                if ph_i > 0 and remaining < 1.0:
-                    solves_left -= 1
-                    continue
                 vals = sign * d_start[:, k]
                 best = int(np.argmax(vals))
                 other = inc.get((k, -sign))
                 cutoff = None if other is None else max(other, float(vals[best]))
                 if cutoff is not None and (k, sign) in bound and bound[(k, sign)] <= cutoff:
-                    solves_left -= 1
                     continue  # already proven below the other sign's incumbent
-                # The first phase may use all the time; later phases get what is left.
-                share = remaining / max(1, solves_left - 2 * n_out * (len(phases) - ph_i - 1))
-                solves_left -= 1
-                h.setOptionValue("mip_rel_gap", _solver_gap(rel_gap, float(vals[best]), s_K))
-                b, i, msg, x = _solve_side(h, highspy, n_col, int(yk[k]), int(rk[k]), sign, starts[best],
-                                           float(vals[best]), cutoff, share)
+                h.setOptionValue("mip_rel_gap", _solver_gap(settings.milp_rel_gap, float(vals[best]), s_K))
+                b, i, msg, x, nodes = _solve_side(h, highspy, n_col, int(yk[k]), int(rk[k]), sign, starts[best],
+                                                  float(vals[best]), cutoff, safety)
+                solves += 1
+                nodes_total += nodes
                 if integer:
                     inc[(k, sign)] = max(inc.get((k, sign), -np.inf), i)
                 if x is not None:
@@ -604,25 +596,28 @@ def milp_bounds(
                     bound[(k, sign)] = min(bound.get((k, sign), np.inf), b)
                 status.append(f"out {k} {'max' if sign > 0 else 'min'} ({'integer' if integer else 'relaxed'}"
                               f" rounding): {msg}")
-    upper = np.zeros(n_out)
+    high = np.zeros(n_out)
+    low = np.zeros(n_out)
     incumbent = np.zeros(n_out)
-    gap = np.zeros(n_out)
     for k in range(n_out):
-        sides = []
         for sign in (1.0, -1.0):
             b = bound.get((k, sign), np.inf)
             # The differential engine's bound for this sign is sound too: keep the smaller (it is
-            # all there is when no run produced a finite dual bound, e.g. a tiny time limit).
-            diff = (analysis.err_high[k] if sign > 0 else -analysis.err_low[k]) / s_K
-            if not diff < b:
-                sides.append(b)
-                continue
-            sides.append(diff)
-            status.append(f"out {k} {'max' if sign > 0 else 'min'}: differential bound used")
-        u_real = max(max(sides), 0.0) * s_K
-        upper[k] = u_real + _margin(u_real, s_K)
+            # all there is when no run produced a finite dual bound).
+            diff = (analysis.bound.high[0, k] if sign > 0 else -analysis.bound.low[0, k]) / s_K
+            if diff < b:
+                b = diff
+                status.append(f"out {k} {'max' if sign > 0 else 'min'}: differential bound used")
+            b_real = b * s_K
+            b_real += _margin(abs(b_real), s_K)
+            if sign > 0:
+                high[k] = b_real
+            else:
+                low[k] = -b_real
         incumbent[k] = max(0.0, inc.get((k, 1.0), 0.0), inc.get((k, -1.0), 0.0)) * s_K
-        gap[k] = (upper[k] - incumbent[k]) / max(upper[k], 1e-300)
-    stats = {"columns": n_col, "rows": enc.builder.n_row, "binaries": enc.builder.n_binary,
-             "integers": int(integer_cols.sum()) - enc.builder.n_binary}
-    return MilpResult(upper, incumbent, gap, status, time.monotonic() - t0, stats)
+    err = ErrorBound(low, high)
+    details = {"columns": n_col, "rows": enc.builder.n_row, "binaries": enc.builder.n_binary,
+               "integers": int(integer_cols.sum()) - enc.builder.n_binary, "incumbent": incumbent,
+               "gap": (err.upper - incumbent) / np.maximum(err.upper, 1e-300)}
+    return EngineResult(err, STOP_ONE_PASS, {"milp_solves": solves, "milp_nodes": nodes_total}, notes=tuple(status),
+                        details=details)

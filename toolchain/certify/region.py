@@ -1,4 +1,4 @@
-"""Input regions: boxes over the model's flattened float input."""
+"""Input regions: boxes over the model's flattened float input, alone or as a batch."""
 
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ class Box:
         pick = rng.integers(0, 2, size=(count, self.low.size)).astype(bool)
         return np.where(pick, self.high, self.low)
 
-    def split(self, dim: int) -> tuple[Box, Box]:
-        mid = (self.low[dim] + self.high[dim]) / 2
+    def cut(self, dim: int, at: float) -> tuple[Box, Box]:
+        """The two halves of the box on either side of x[dim] = at (sharing that face)."""
         hi1 = self.high.copy()
-        hi1[dim] = mid
+        hi1[dim] = at
         lo2 = self.low.copy()
-        lo2[dim] = mid
+        lo2[dim] = at
         return Box(self.low, hi1), Box(lo2, self.high)
 
     def to_dict(self) -> dict:
@@ -50,3 +50,37 @@ class Box:
         qlo = np.clip(np.ceil(self.low / scale - 1e-9) + zero_point, -128, 127)
         qhi = np.clip(np.floor(self.high / scale + 1e-9) + zero_point, -128, 127)
         return Box(scale * (qlo - zero_point), scale * (qhi - zero_point))
+
+
+@dataclass(frozen=True)
+class BoxBatch:
+    """B boxes of one input space, bounded together by the batched engines: low, high (B, n)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def __post_init__(self):
+        low = np.atleast_2d(np.asarray(self.low, dtype=np.float64))
+        high = np.atleast_2d(np.asarray(self.high, dtype=np.float64))
+        if low.shape != high.shape or np.any(low > high):
+            raise ValueError("box low must not exceed high")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    @staticmethod
+    def of(boxes: list[Box]) -> BoxBatch:
+        return BoxBatch(np.stack([b.low for b in boxes]), np.stack([b.high for b in boxes]))
+
+    def __len__(self) -> int:
+        return self.low.shape[0]
+
+    def __getitem__(self, i: int) -> Box:
+        return Box(self.low[i], self.high[i])
+
+    @property
+    def center(self) -> np.ndarray:
+        return (self.low + self.high) / 2
+
+    @property
+    def radius(self) -> np.ndarray:
+        return (self.high - self.low) / 2

@@ -20,7 +20,8 @@ from toolchain.errors import QassureError
 class Settings:
     # --- work budget per region (deterministic; recorded in the certificate) ---
     max_boxes: int = 4096  # boxes bounded by branch and bound (every child box counts)
-    batch_boxes: int = 16  # worst boxes refined per round (results do not depend on the worker count)
+    round_boxes: int = 32  # worst boxes refined per round of branch and bound
+    chunk_boxes: int = 32  # boxes bounded together by one job (one batched pass)
     falsify_samples: int = 1000  # uniform + vertex samples of the falsifier
     falsify_steps: int = 40  # local-search steps per searched output
     falsify_outputs: int = 8  # outputs whose incumbents are searched locally
@@ -42,7 +43,7 @@ class Settings:
     milp_enum_cells: int = 2**19  # MILP boxes meeting at most this many cells get exact device ranges
     milp_cell_point_entries: int = 2**21  # ... and cell-bound starting points while cells x outputs fit
     # --- memory (no effect on results) ---
-    block_rows: int = 4096  # objective rows pushed back at once by the differential engine
+    block_entries: int = 2**23  # float64 entries of one block of objective rows (boxes x rows x widest layer)
     cell_chunk: int = 8192  # input cells per executor call
     # --- safety net and randomness ---
     time_limit: float = 600.0  # seconds per certify call; when it bites, the verdict is unknown
@@ -68,8 +69,8 @@ class Settings:
     @property
     def work_budget(self) -> dict[str, Any]:
         """The deterministic budget a certificate records (what bounded the search)."""
-        keys = ("max_boxes", "batch_boxes", "falsify_samples", "falsify_steps", "milp_nodes", "milp_leaf_nodes",
-                "seed")
+        keys = ("max_boxes", "round_boxes", "chunk_boxes", "falsify_samples", "falsify_steps", "falsify_outputs",
+                "edge_steps", "edge_starts", "milp_nodes", "milp_leaf_nodes", "seed")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -1,4 +1,4 @@
-"""Interval and differential (symbolic) bounds on the merged network over one input box.
+"""Interval and differential (symbolic) bounds on the merged network, over a batch of input boxes.
 
 `interval` is the seed paper's baseline: float and quantized sides bounded separately, layer by
 layer, and the error bound is the distance between the two intervals.
@@ -9,28 +9,33 @@ objective weighs y and ŷ with opposite signs it is rewritten as (l_f + l_q) y -
 the difference d = y - ŷ is relaxed directly: d = [f(p) - f(u)] + [f(u) - g(u)], the first part
 bounded through delta = p - u (ReluDiff-like), the second (saturation) through u. So the
 shared part cancels symbolically instead of being bounded twice.
+
+Both engines work on a `BoxBatch` of B boxes at once: every range is a (B, n) array, every
+objective a (B, R, n) array, and pushing objectives back through a layer is one matrix product for
+the whole batch (the layer's matrices are shared by every box). A single box is a batch of one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-from toolchain.certify import relax
-from toolchain.certify.region import Box
-from toolchain.margins import CELL_TOL
+from toolchain.certify import fused, relax
+from toolchain.certify.region import BoxBatch
+from toolchain.certify.result import ErrorBound
+from toolchain.certify.settings import DEFAULT, Settings
+from toolchain.margins import CELL_TOL, GRID_TOL
 from toolchain.merge import MergedNet, Node
 
-# Rows of objectives pushed back at once; bounds a block's memory to rows x widest layer.
-_BLOCK = 4096
 
-
-@dataclass
+@dataclass(frozen=True)
 class NodeBounds:
-    """Certified ranges at one node over the box: float pre-activation p, quantized pre-activation
-    u (with its rounding term), and their difference delta = p - u; then y and ŷ follow."""
+    """Certified ranges at one node over each box of a batch, (B, n) each: the float
+    pre-activation p, the quantized pre-activation u (rounding term included), and their
+    difference delta = p - u; y and ŷ follow through the clamps. `exact`: the quantized output is
+    one known integer over the box."""
 
     pl: np.ndarray
     ph: np.ndarray
@@ -38,67 +43,7 @@ class NodeBounds:
     uh: np.ndarray
     dl: np.ndarray
     dh: np.ndarray
-    exact: np.ndarray | None = None  # quantized output known exactly over the box (one integer)
-    _lines: tuple | None = field(default=None, repr=False)  # relaxations, once the ranges are final
-
-    def relaxations(self, node: Node) -> tuple[relax.Lines, relax.Lines, tuple, relax.Lines]:
-        """Lines for y = f(p), ŷ = g(u), A = f(p) - f(u) and B = f(u) - g(u) (in u).
-
-        A is bounded in (p, u) as rows (coef_p, coef_u, const) for below and above: through delta =
-        p - u (f is monotone and 1-Lipschitz: A between min(0, delta) and max(0, delta), narrowed
-        where one side stays on one piece of f, relax.clamp_difference_lines; exactly delta or 0
-        where p and u share one piece), or, where that is tighter over the box, with each side
-        relaxed on its own."""
-        if self._lines is None:
-            lines_y = relax.clamp_lines(self.pl, self.ph, node.f_lo, node.f_hi)
-            lines_q = relax.clamp_lines(self.ul, self.uh, node.q_lo, node.q_hi)
-            lo_all, hi_all = np.minimum(self.pl, self.ul), np.maximum(self.ph, self.uh)
-            ident = (lo_all >= node.f_lo) & (hi_all <= node.f_hi)
-            flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
-            la = relax.clamp_difference_lines(self.pl, self.ph, self.ul, self.uh, self.dl, self.dh,
-                                              node.f_lo, node.f_hi)
-            al, bl, au, bu = la.alpha_l, la.beta_l, la.alpha_u, la.beta_u
-            # Alternative: both sides relaxed on their own, A <= f(p)^ - f(u)_ and A >= f(p)_ - f(u)^,
-            # taken where its extreme value over the box is tighter than the delta line's.
-            lines_fu = relax.clamp_lines(self.ul, self.uh, node.f_lo, node.f_hi)
-
-            def extreme(alpha, beta, lo, hi, fn):
-                return fn(alpha * lo, alpha * hi) + beta
-
-            up_delta = extreme(au, bu, self.dl, self.dh, np.maximum)
-            lo_delta = extreme(al, bl, self.dl, self.dh, np.minimum)
-            up_sep = (extreme(lines_y.alpha_u, lines_y.beta_u, self.pl, self.ph, np.maximum)
-                      - extreme(lines_fu.alpha_l, lines_fu.beta_l, self.ul, self.uh, np.minimum))
-            lo_sep = (extreme(lines_y.alpha_l, lines_y.beta_l, self.pl, self.ph, np.minimum)
-                      - extreme(lines_fu.alpha_u, lines_fu.beta_u, self.ul, self.uh, np.maximum))
-            use_up = (up_sep < up_delta) & ~ident & ~flat
-            use_lo = (lo_sep > lo_delta) & ~ident & ~flat
-            lines_a = (
-                np.where(use_lo, lines_y.alpha_l, al), np.where(use_lo, -lines_fu.alpha_u, -al),
-                np.where(use_lo, lines_y.beta_l - lines_fu.beta_u, bl),
-                np.where(use_up, lines_y.alpha_u, au), np.where(use_up, -lines_fu.alpha_l, -au),
-                np.where(use_up, lines_y.beta_u - lines_fu.beta_l, bu),
-            )
-            lines_b = relax.difference_of_clamps_lines(self.ul, self.uh, node.f_lo, node.f_hi, node.q_lo, node.q_hi)
-            self._lines = (lines_y, lines_q, lines_a, lines_b)
-        return self._lines
-
-    def snap_to_grid(self, node: Node) -> None:
-        """The rounded value is an integer k (in LSBs, u = s k) within rho = noise / s of the
-        noise-free value v = u -/+ noise: only the integers in [v_lo/s - rho, v_hi/s + rho] are
-        possible. Where that is a single integer the device's value is known exactly, and the
-        rounding term stops accumulating through the layers that follow."""
-        s = node.scale
-        rho = node.noise / s
-        with np.errstate(invalid="ignore"):
-            kmin = np.ceil((self.ul + node.noise) / s - rho - 1e-9)
-            kmax = np.floor((self.uh - node.noise) / s + rho + 1e-9)
-        ok = np.isfinite(kmin) & np.isfinite(kmax) & (kmin <= kmax)
-        self.ul = np.where(ok, np.maximum(self.ul, s * kmin), self.ul)
-        self.uh = np.where(ok, np.minimum(self.uh, s * kmax), self.uh)
-        self.exact = ok & (kmin == kmax)
-        self.dl = np.maximum(self.dl, self.pl - self.uh)
-        self.dh = np.minimum(self.dh, self.ph - self.ul)
+    exact: np.ndarray
 
     def y(self, node: Node) -> tuple[np.ndarray, np.ndarray]:
         return relax.clamp(self.pl, node.f_lo, node.f_hi), relax.clamp(self.ph, node.f_lo, node.f_hi)
@@ -106,224 +51,407 @@ class NodeBounds:
     def yq(self, node: Node) -> tuple[np.ndarray, np.ndarray]:
         return relax.clamp(self.ul, node.q_lo, node.q_hi), relax.clamp(self.uh, node.q_lo, node.q_hi)
 
-    def tighten(self, other: NodeBounds) -> None:
-        self.pl, self.ph = np.maximum(self.pl, other.pl), np.minimum(self.ph, other.ph)
-        self.ul, self.uh = np.maximum(self.ul, other.ul), np.minimum(self.uh, other.uh)
-        # delta = p - u also lies in [pl - uh, ph - ul] of the ranges just tightened.
-        self.dl = np.maximum(np.maximum(self.dl, other.dl), self.pl - self.uh)
-        self.dh = np.minimum(np.minimum(self.dh, other.dh), self.ph - self.ul)
+    def meet(self, other: NodeBounds) -> NodeBounds:
+        """Both hold: the intersection (delta also within [pl - uh, ph - ul] of the new ranges)."""
+        pl, ph = np.maximum(self.pl, other.pl), np.minimum(self.ph, other.ph)
+        ul, uh = np.maximum(self.ul, other.ul), np.minimum(self.uh, other.uh)
+        dl = np.maximum(np.maximum(self.dl, other.dl), pl - uh)
+        dh = np.minimum(np.minimum(self.dh, other.dh), ph - ul)
+        return NodeBounds(pl, ph, ul, uh, dl, dh, self.exact | other.exact)
+
+    def snapped(self, node: Node) -> NodeBounds:
+        """The rounded value is an integer k (in LSBs, u = s k) within rho = noise / s of the
+        noise-free value v = u -/+ noise: only the integers in [v_lo/s - rho, v_hi/s + rho] are
+        possible. Where that is a single integer the device's value is known exactly, and the
+        rounding term stops accumulating through the layers that follow."""
+        s = node.scale
+        rho = node.noise / s
+        with np.errstate(invalid="ignore"):
+            kmin = np.ceil((self.ul + node.noise) / s - rho - GRID_TOL)
+            kmax = np.floor((self.uh - node.noise) / s + rho + GRID_TOL)
+        ok = np.isfinite(kmin) & np.isfinite(kmax) & (kmin <= kmax)
+        ul = np.where(ok, np.maximum(self.ul, s * kmin), self.ul)
+        uh = np.where(ok, np.minimum(self.uh, s * kmax), self.uh)
+        dl = np.maximum(self.dl, self.pl - uh)
+        dh = np.minimum(self.dh, self.ph - ul)
+        return NodeBounds(self.pl, self.ph, ul, uh, dl, dh, ok & (kmin == kmax))
+
+    def take(self, index) -> NodeBounds:
+        """The ranges of some boxes of the batch (index: an integer array or slice)."""
+        return NodeBounds(*(a[index] for a in (self.pl, self.ph, self.ul, self.uh, self.dl, self.dh, self.exact)))
+
+    @staticmethod
+    def stack(parts: list[NodeBounds]) -> NodeBounds:
+        return NodeBounds(*(np.concatenate([getattr(p, f) for p in parts])
+                            for f in ("pl", "ph", "ul", "uh", "dl", "dh", "exact")))
+
+
+@dataclass(frozen=True)
+class NodeLines:
+    """The relaxations of one node over each box, computed once its ranges are final, packed as
+    (B, 20, n) (layout: fused.PACKED): ŷ's value where it is exact; lines for y = f(p), ŷ = g(u),
+    A = f(p) - f(u) as rows in (p, u) (lower: coef_p, coef_u, const; then upper), and
+    B = f(u) - g(u) in u."""
+
+    packed: np.ndarray
+
+
+def _piece(lo: np.ndarray, hi: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Which piece of a clamp to [a, b] the range [lo, hi] stays on: 0 below a, 1 between, 2 above
+    b, -1 when it may cross a kink."""
+    return np.where(hi <= a, 0, np.where((lo >= a) & (hi <= b), 1, np.where(lo >= b, 2, -1)))
+
+
+def settled(node: Node, nb: NodeBounds) -> np.ndarray:
+    """(B, n): neurons whose relaxations are exact whatever their ranges shrink to: p and u on one
+    common piece of the float clamp f, and u on one piece of the int8 clamp g (then y, ŷ, A and B
+    are linear on the ranges, and their lines are those linear functions)."""
+    on_p = _piece(nb.pl, nb.ph, node.f_lo, node.f_hi)
+    on_u = _piece(nb.ul, nb.uh, node.f_lo, node.f_hi)
+    return (on_p >= 0) & (on_p == on_u) & (_piece(nb.ul, nb.uh, node.q_lo, node.q_hi) >= 0)
+
+
+def node_lines(node: Node, nb: NodeBounds) -> NodeLines:
+    """A is bounded through delta = p - u (f is monotone and 1-Lipschitz: A between min(0, delta)
+    and max(0, delta), narrowed where one side stays on one piece of f,
+    relax.clamp_difference_lines; exactly delta or 0 where p and u share one piece), or, where
+    that is tighter over the box, with each side relaxed on its own."""
+    lines_y = relax.clamp_lines(nb.pl, nb.ph, node.f_lo, node.f_hi)
+    lines_q = relax.clamp_lines(nb.ul, nb.uh, node.q_lo, node.q_hi)
+    lo_all, hi_all = np.minimum(nb.pl, nb.ul), np.maximum(nb.ph, nb.uh)
+    ident = (lo_all >= node.f_lo) & (hi_all <= node.f_hi)
+    flat = (hi_all <= node.f_lo) | (lo_all >= node.f_hi)
+    la = relax.clamp_difference_lines(nb.pl, nb.ph, nb.ul, nb.uh, nb.dl, nb.dh, node.f_lo, node.f_hi)
+    al, bl, au, bu = la.alpha_l, la.beta_l, la.alpha_u, la.beta_u
+    # Alternative: both sides relaxed on their own, A <= f(p)^ - f(u)_ and A >= f(p)_ - f(u)^,
+    # taken where its extreme value over the box is tighter than the delta line's.
+    lines_fu = relax.clamp_lines(nb.ul, nb.uh, node.f_lo, node.f_hi)
+
+    def extreme(alpha, beta, lo, hi, fn):
+        return fn(alpha * lo, alpha * hi) + beta
+
+    up_delta = extreme(au, bu, nb.dl, nb.dh, np.maximum)
+    lo_delta = extreme(al, bl, nb.dl, nb.dh, np.minimum)
+    up_sep = (extreme(lines_y.alpha_u, lines_y.beta_u, nb.pl, nb.ph, np.maximum)
+              - extreme(lines_fu.alpha_l, lines_fu.beta_l, nb.ul, nb.uh, np.minimum))
+    lo_sep = (extreme(lines_y.alpha_l, lines_y.beta_l, nb.pl, nb.ph, np.minimum)
+              - extreme(lines_fu.alpha_u, lines_fu.beta_u, nb.ul, nb.uh, np.maximum))
+    use_up = (up_sep < up_delta) & ~ident & ~flat
+    use_lo = (lo_sep > lo_delta) & ~ident & ~flat
+    lines_a = (
+        np.where(use_lo, lines_y.alpha_l, al), np.where(use_lo, -lines_fu.alpha_u, -al),
+        np.where(use_lo, lines_y.beta_l - lines_fu.beta_u, bl),
+        np.where(use_up, lines_y.alpha_u, au), np.where(use_up, -lines_fu.alpha_l, -au),
+        np.where(use_up, lines_y.beta_u - lines_fu.beta_l, bu),
+    )
+    lines_b = relax.difference_of_clamps_lines(nb.ul, nb.uh, node.f_lo, node.f_hi, node.q_lo, node.q_hi)
+    value = np.where(nb.exact, relax.clamp(nb.ul, node.q_lo, node.q_hi), 0.0)
+    parts = (nb.exact.astype(np.float64), value,
+             lines_y.alpha_l, lines_y.beta_l, lines_y.alpha_u, lines_y.beta_u,
+             lines_q.alpha_l, lines_q.beta_l, lines_q.alpha_u, lines_q.beta_u, *lines_a,
+             lines_b.alpha_l, lines_b.beta_l, lines_b.alpha_u, lines_b.beta_u)
+    shape = nb.pl.shape
+    return NodeLines(np.ascontiguousarray(np.stack([np.broadcast_to(x, shape) for x in parts], axis=1)))
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """Result of one engine on one box: per-output certified |error| bound, and node ranges."""
+    """One engine pass over a batch of boxes: the certified error bound per box (B, n_out), and
+    every node's ranges and relaxations (the differential engine's state, reused by its children,
+    the cell enumeration and the MILP)."""
 
-    upper: np.ndarray  # per output: max |y_k - ŷ_k| certified
-    err_low: np.ndarray  # per output: certified lower end of y_k - ŷ_k
-    err_high: np.ndarray
-    bounds: list[NodeBounds]
+    boxes: BoxBatch
+    bound: ErrorBound
+    nodes: tuple[NodeBounds, ...]
+    lines: tuple[NodeLines | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def take(self, index) -> Analysis:
+        """The analysis of some boxes of the batch (index: integer array or slice)."""
+        idx = np.arange(len(self))[index]
+        boxes = BoxBatch(self.boxes.low[idx], self.boxes.high[idx])
+        lines = tuple(None if ln is None else NodeLines(ln.packed[idx]) for ln in self.lines)
+        return Analysis(boxes, ErrorBound(self.bound.low[idx], self.bound.high[idx]),
+                        tuple(nb.take(idx) for nb in self.nodes), lines)
+
+    @staticmethod
+    def stack(parts: list[Analysis]) -> Analysis:
+        boxes = BoxBatch(np.concatenate([p.boxes.low for p in parts]), np.concatenate([p.boxes.high for p in parts]))
+        bound = ErrorBound(np.concatenate([p.bound.low for p in parts]), np.concatenate([p.bound.high for p in parts]))
+        nodes = tuple(NodeBounds.stack([p.nodes[t] for p in parts]) for t in range(len(parts[0].nodes)))
+        lines = tuple(None if parts[0].lines[t] is None
+                      else NodeLines(np.concatenate([p.lines[t].packed for p in parts]))  # type: ignore[union-attr]
+                      for t in range(len(parts[0].lines)))
+        return Analysis(boxes, bound, nodes, lines)
+
+    def float_ranges(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per node, the float pre-activation range over the union of the boxes."""
+        return [(nb.pl.min(axis=0), nb.ph.max(axis=0)) for nb in self.nodes]
 
 
-def _interval_affine(mats, c, los, his) -> tuple[np.ndarray, np.ndarray]:
-    lo = c.astype(np.float64).copy()
-    hi = c.astype(np.float64).copy()
-    for A, l, h in zip(mats, los, his):
-        center, radius = (l + h) / 2, (h - l) / 2
+# --- interval ranges ------------------------------------------------------------------------------
+
+
+def _interval_affine(mats, c: np.ndarray, los, his) -> tuple[np.ndarray, np.ndarray]:
+    """Ranges of sum_i A_i z_i + c for z_i in [lo_i, hi_i] (each (B, n_i)): (B, n_out) each."""
+    lo = np.broadcast_to(c.astype(np.float64), (los[0].shape[0], c.shape[0])).copy()
+    hi = lo.copy()
+    for A, low, high in zip(mats, los, his, strict=True):
+        center, radius = (low + high) / 2, (high - low) / 2
+        mid = _rmul(center, A.T) if sp.issparse(A) else center @ A.T
         absA = abs(A) if sp.issparse(A) else np.abs(A)
-        mid = A @ center
-        rad = absA @ radius
-        lo += np.asarray(mid - rad).ravel()
-        hi += np.asarray(mid + rad).ravel()
+        rad = _rmul(radius, absA.T) if sp.issparse(A) else radius @ absA.T
+        lo += mid - rad
+        hi += mid + rad
     return lo, hi
 
 
-def interval_node(net: MergedNet, t: int, bounds: list[NodeBounds], box: Box) -> NodeBounds:
-    """Forward interval ranges of node t from the ranges of its inputs."""
-    node = net.nodes[t]
-    if t == 0:
-        lo, hi = box.low.astype(np.float64), box.high.astype(np.float64)
-        exact, value = exact_input(net, box)
-        ul = np.where(exact, value, lo - node.noise)
-        uh = np.where(exact, value, hi + node.noise)
-        return NodeBounds(lo, hi, ul, uh, lo - uh, hi - ul)
-    ys = [bounds[i].y(net.nodes[i]) for i in node.inputs]
-    yqs = [bounds[i].yq(net.nodes[i]) for i in node.inputs]
-    pl, ph = _interval_affine(node.A_f, node.c_f, [a for a, _ in ys], [b for _, b in ys])
-    ul, uh = _interval_affine(node.A_q, node.c_q, [a for a, _ in yqs], [b for _, b in yqs])
-    ul, uh = ul - node.noise, uh + node.noise
-    return NodeBounds(pl, ph, ul, uh, pl - uh, ph - ul)
-
-
-def interval_analysis(net: MergedNet, box: Box) -> Analysis:
-    """The naive merged-network baseline: independent intervals on each side."""
-    bounds: list[NodeBounds] = []
-    for t in range(len(net.nodes)):
-        bounds.append(interval_node(net, t, bounds, box))
-    lo, hi = output_range(net, bounds)
-    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
-
-
-def exact_input(net: MergedNet, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """Per input: does the box lie in one rounding cell of the input quantization, and the
-    dequantized value the device then sees. Cells are taken with a margin of 2e-4 LSB so that
+def exact_input(net: MergedNet, boxes: BoxBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Per box and input (B, n): does the box lie in one rounding cell of the input quantization,
+    and the dequantized value the device then sees. Cells are taken with CELL_TOL of margin so that
     float32 rounding of the sensor value and of x / s at a cell's edge cannot move an input to the
     neighbouring cell."""
     s = net.input_scale
+    low, high = boxes.low, boxes.high
     if net.input_interface == "int8":  # u_0 = x already holds exactly (noise 0)
-        return np.zeros(box.low.size, dtype=bool), box.low
-    tol = CELL_TOL
-    k = [np.floor(v / s + 0.5 + d) for v in (box.low, box.high) for d in (-tol, tol)]
-    exact = (k[0] == k[1]) & (k[1] == k[2]) & (k[2] == k[3]) & (np.abs(box.low) / s < 2**22)
+        return np.zeros(low.shape, dtype=bool), low
+    k = [np.floor(v / s + 0.5 + d) for v in (low, high) for d in (-CELL_TOL, CELL_TOL)]
+    exact = (k[0] == k[1]) & (k[1] == k[2]) & (k[2] == k[3]) & (np.abs(low) / s < 2**22)
     value = np.clip(s * k[0], net.nodes[0].q_lo, net.nodes[0].q_hi)
     return exact, value
 
 
-# --- back-substitution -----------------------------------------------------------------------
+def interval_node(net: MergedNet, t: int, nodes: list[NodeBounds], boxes: BoxBatch) -> NodeBounds:
+    """Forward interval ranges of node t from the ranges of its inputs."""
+    node = net.nodes[t]
+    if t == 0:
+        lo, hi = boxes.low, boxes.high
+        exact, value = exact_input(net, boxes)
+        ul = np.where(exact, value, lo - node.noise)
+        uh = np.where(exact, value, hi + node.noise)
+        return NodeBounds(lo, hi, ul, uh, lo - uh, hi - ul, np.zeros(lo.shape, dtype=bool))
+    ys = [nodes[i].y(net.nodes[i]) for i in node.inputs]
+    yqs = [nodes[i].yq(net.nodes[i]) for i in node.inputs]
+    pl, ph = _interval_affine(node.A_f, node.c_f, [a for a, _ in ys], [b for _, b in ys])
+    ul, uh = _interval_affine(node.A_q, node.c_q, [a for a, _ in yqs], [b for _, b in yqs])
+    ul, uh = ul - node.noise, uh + node.noise
+    return NodeBounds(pl, ph, ul, uh, pl - uh, ph - ul, np.zeros(pl.shape, dtype=bool))
+
+
+def interval_analysis(net: MergedNet, boxes: BoxBatch) -> Analysis:
+    """The naive merged-network baseline: independent intervals on each side."""
+    nodes: list[NodeBounds] = []
+    for t in range(len(net.nodes)):
+        nodes.append(interval_node(net, t, nodes, boxes))
+    lo, hi = output_range(net, nodes)
+    return Analysis(boxes, ErrorBound(lo, hi), tuple(nodes), tuple(None for _ in nodes))
+
+
+def output_range(net: MergedNet, nodes: list[NodeBounds] | tuple[NodeBounds, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Output error range implied by the output node's ranges alone: [y_lo - ŷ_hi, y_hi - ŷ_lo]."""
+    node = net.nodes[net.output]
+    yl, yh = nodes[net.output].y(node)
+    ql, qh = nodes[net.output].yq(node)
+    return yl - qh, yh - ql
+
+
+# --- back-substitution ------------------------------------------------------------------------------
+#
+# Objectives are *rows*: row r bounds Lf[r]·y_t + Lq[r]·ŷ_t from above over box owner[r], so each
+# box brings only the rows it needs (a ragged batch) and pushing every row of every box back
+# through a layer is one matrix product. Per node the relaxation replaces the row by
+# P·p + U·u + const (fused.relax_rows, one compiled pass): where the row weighs y and ŷ with
+# opposite signs it is rewritten as (Lf + Lq)·y - Lq·(y - ŷ) and y - ŷ = A(δ) + B(u) is relaxed
+# through δ and u; elsewhere y and ŷ are relaxed on their own; an exact ŷ is a constant.
 
 
 def _rmul(P: np.ndarray, A) -> np.ndarray:
     """P (R, n_out) @ A (n_out, n_in) for dense or sparse A."""
-    if sp.issparse(A):
-        return np.asarray((A.T @ P.T).T)
-    return P @ A
-
-
-def _relax_node(node: Node, b: NodeBounds, Lf: np.ndarray, Lq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Replace Lf·y + Lq·ŷ at a node by P·p + U·u + const (an upper bound, row by row)."""
-    if node.linear_only:
-        return Lf, Lq, np.zeros(Lf.shape[0])
-    const = np.zeros(Lf.shape[0])
-    if b.exact is not None and b.exact.any():
-        # ŷ is a constant on these elements: its term is a number, nothing flows further back.
-        value = relax.clamp(b.ul, node.q_lo, node.q_hi)
-        const = const + Lq[:, b.exact] @ value[b.exact]
-        Lq = np.where(b.exact[None, :], 0.0, Lq)
-    diff = (Lf * Lq) < 0
-    a = np.where(diff, Lf + Lq, Lf)  # on y
-    bq = np.where(diff, 0.0, Lq)  # on ŷ
-    c = np.where(diff, -Lq, 0.0)  # on d = y - ŷ
-    lines_y, lines_q, lines_a, lines_b = b.relaxations(node)
-    coef_p, k1 = relax.pick(a, lines_y)
-    coef_u, k2 = relax.pick(bq, lines_q)
-    const = const + k1 + k2
-    if diff.any():
-        # d = y - ŷ = A(delta) + B(u): the shared part through delta, saturation through u.
-        lp, lu, lb, up, uu, ub = lines_a
-        pos = c >= 0
-        coef_b, k4 = relax.pick(c, lines_b)
-        coef_p = coef_p + c * np.where(pos, up, lp)
-        coef_u = coef_u + c * np.where(pos, uu, lu) + coef_b
-        const = const + (c * np.where(pos, ub, lb)).sum(axis=1) + k4
-    return coef_p, coef_u, const
+    return np.asarray((A.T @ P.T).T) if sp.issparse(A) else P @ A
 
 
 def _back_substitute(
-    net: MergedNet, start: int, P: np.ndarray, U: np.ndarray, const: np.ndarray, bounds: list[NodeBounds], box: Box,
-    linear: bool = False, rounding_terms: dict[int, np.ndarray] | None = None,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Upper bounds of P·p_start + U·u_start + const over the box, pushed back to the input; with
-    `linear`, the bounding affine function of x itself, (G, k): every row <= G x + k on the box.
-    `rounding_terms`, when given, receives per node the coefficients (R, n) of its rounding terms
-    (each bounded by |coefficient| x noise)."""
-    R = P.shape[0]
-    lam_f: dict[int, np.ndarray] = {}
-    lam_q: dict[int, np.ndarray] = {}
-    const = const.copy()
-    pending = {start: (P, U)}
+    net: MergedNet, start: int, Lf: np.ndarray, Lq: np.ndarray, const: np.ndarray, owner: np.ndarray,
+    nodes, lines, boxes: BoxBatch, relax_start: bool = True, extra: tuple[dict, dict] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Push the rows Lf·y_start + Lq·ŷ_start + const (relax_start) — or, without relax_start, the
+    rows Lf·p_start + Lq·u_start + const — back to the input: (G, k) with every row <= G x + k on
+    its box, G (R, n_in), k (R,). `extra`: objectives on y, ŷ of earlier nodes, added on the way."""
+    lam_f: dict[int, np.ndarray] = {start: Lf}
+    lam_q: dict[int, np.ndarray] = {start: Lq}
+    if extra is not None:
+        lam_f.update(extra[0])
+        lam_q.update(extra[1])
+    const = np.array(const, dtype=np.float64)
     for t in range(start, -1, -1):
-        if t in pending:
-            Pt, Ut = pending.pop(t)
-        elif t in lam_f:
-            Pt, Ut, k = _relax_node(net.nodes[t], bounds[t], lam_f.pop(t), lam_q.pop(t))
-            const += k
-        else:
+        if t not in lam_f:
             continue
         node = net.nodes[t]
-        const += Pt @ node.c_f + Ut @ node.c_q + np.abs(Ut) @ node.noise
-        if rounding_terms is not None:
-            rounding_terms[t] = Ut
+        Lf_t, Lq_t = lam_f.pop(t), lam_q.pop(t)
+        ln = None if t == start and not relax_start else lines[t]
+        if ln is None:
+            Pt, Ut = Lf_t, Lq_t
+            const += Pt @ node.c_f + Ut @ node.c_q + np.abs(Ut) @ node.noise
+        else:
+            Pt, Ut = fused.relax(Lf_t, Lq_t, owner, ln.packed, node.c_f, node.c_q, node.noise, const)
         if t == 0:
-            # p_0 = x and u_0 = x + eps_0; where the whole box lies in one rounding cell of the
-            # input quantization, u_0 is that cell's constant instead.
-            exact, value = exact_input(net, box)
-            const -= np.abs(Ut[:, exact]) @ node.noise[exact]
-            const += Ut[:, exact] @ value[exact]
-            G = Pt + np.where(exact[None, :], 0.0, Ut)
-            if linear:
-                return G, const
-            center, radius = (box.low + box.high) / 2, (box.high - box.low) / 2
-            return const + G @ center + np.abs(G) @ radius
-        for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q):
+            # p_0 = x and u_0 = x + eps_0; where the box lies in one rounding cell of the input
+            # quantization, u_0 is that cell's constant instead (its rounding term taken back).
+            exact, value = exact_input(net, boxes)
+            if exact.any():
+                ex = exact[owner]
+                Ue = np.where(ex, Ut, 0.0)
+                const += (Ue * value[owner]).sum(axis=1) - np.abs(Ue) @ node.noise
+                Ut = Ut - Ue
+            return Pt + Ut, const
+        for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q, strict=True):
             lf, lq = _rmul(Pt, Af), _rmul(Ut, Aq)
             if i in lam_f:
-                lam_f[i] += lf
-                lam_q[i] += lq
+                lam_f[i] = lam_f[i] + lf
+                lam_q[i] = lam_q[i] + lq
             else:
                 lam_f[i], lam_q[i] = lf, lq
-    return const  # pragma: no cover - every path reaches node 0
+    raise AssertionError("every path reaches the input node")  # pragma: no cover
 
 
-def differential_analysis(net: MergedNet, box: Box, parent: Analysis | None = None) -> Analysis:
-    """Symbolic bounds for every node, then for the output error y_K - ŷ_K.
+def _bound_rows(net: MergedNet, start: int, Lf: np.ndarray, Lq: np.ndarray, const: np.ndarray, owner: np.ndarray,
+                nodes, lines, boxes: BoxBatch, relax_start: bool, settings: Settings) -> np.ndarray:
+    """Certified upper bounds (R,) of the rows over their boxes, in blocks of rows that keep the
+    arrays within settings.block_entries."""
+    widest = max(n.size for n in net.nodes)
+    per = max(1, settings.block_entries // widest)
+    out = np.empty(Lf.shape[0])
+    for s in range(0, Lf.shape[0], per):
+        e = min(Lf.shape[0], s + per)
+        G, k = _back_substitute(net, start, Lf[s:e], Lq[s:e], const[s:e], owner[s:e], nodes, lines, boxes,
+                                relax_start)
+        out[s:e] = fused.concretize(G, k, owner[s:e], boxes.center, boxes.radius)
+    return out
 
-    `parent` (the analysis of an enclosing box) tightens every range: a child's linear bound can
-    be looser than its parent's, so the smaller one is kept."""
-    bounds: list[NodeBounds] = []
+
+def upper_bounds(net: MergedNet, analysis: Analysis, t: int, Lf: np.ndarray, Lq: np.ndarray,
+                 settings: Settings = DEFAULT) -> np.ndarray:
+    """Certified upper bounds (B, R) of the rows Lf·y_t + Lq·ŷ_t ((R, n), the same for every box)
+    over each box of the analysis."""
+    B, R = len(analysis), Lf.shape[0]
+    owner = np.repeat(np.arange(B), R)
+    up = _bound_rows(net, t, np.tile(Lf, (B, 1)), np.tile(Lq, (B, 1)), np.zeros(B * R), owner, analysis.nodes,
+                     analysis.lines, analysis.boxes, True, settings)
+    return up.reshape(B, R)
+
+
+# Rows bounded per hidden neuron: +p, -p, +u, -u, +delta, -delta, as signs on p and on u.
+_SIGN_P = np.array([1.0, -1.0, 0.0, 0.0, 1.0, -1.0])
+_SIGN_U = np.array([0.0, 0.0, 1.0, -1.0, -1.0, 1.0])
+
+
+def _node_rows(net: MergedNet, t: int, todo: np.ndarray, nodes, lines, boxes: BoxBatch,
+               settings: Settings) -> np.ndarray:
+    """Symbolic bounds (B, 6, n) of p, -p, u, -u, delta, -delta at node t for the (box, neuron) pairs
+    where todo (B, n) is set (inf elsewhere). Each row is one neuron's pre-activation, so its first
+    step back is that neuron's row of the layer's matrices (no product)."""
+    node = net.nodes[t]
+    B, n = todo.shape
+    out = np.full((B, 6, n), np.inf)
+    box_of, neuron = np.nonzero(todo)
+    if box_of.size == 0:
+        return out
+    widest = max(m.size for m in net.nodes)
+    per = max(6, settings.block_entries // widest // 6 * 6)
+    owner_all = np.repeat(box_of, 6)
+    j_all = np.repeat(neuron, 6)
+    sp_all, su_all = np.tile(_SIGN_P, box_of.size), np.tile(_SIGN_U, box_of.size)
+    kind_all = np.tile(np.arange(6), box_of.size)
+    for s in range(0, owner_all.size, per):
+        e = min(owner_all.size, s + per)
+        owner, j, sgn_p, sgn_u = owner_all[s:e], j_all[s:e], sp_all[s:e], su_all[s:e]
+        const = sgn_p * node.c_f[j] + sgn_u * node.c_q[j] + np.abs(sgn_u) * node.noise[j]
+        lam_f: dict[int, np.ndarray] = {}
+        lam_q: dict[int, np.ndarray] = {}
+        for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q, strict=True):
+            lf = sgn_p[:, None] * _rows(Af, j)
+            lq = sgn_u[:, None] * _rows(Aq, j)
+            lam_f[i] = lam_f[i] + lf if i in lam_f else lf
+            lam_q[i] = lam_q[i] + lq if i in lam_q else lq
+        # Push the rows on from each input node (in topological order, summing where paths meet).
+        G, k = _back_substitute_many(net, lam_f, lam_q, const, owner, nodes, lines, boxes)
+        out[owner, kind_all[s:e], j] = fused.concretize(G, k, owner, boxes.center, boxes.radius)
+    return out
+
+
+def _rows(A, j: np.ndarray) -> np.ndarray:
+    """Rows j of a dense or sparse matrix, dense."""
+    return A[j].toarray() if sp.issparse(A) else A[j]
+
+
+def _back_substitute_many(net: MergedNet, lam_f: dict, lam_q: dict, const: np.ndarray, owner: np.ndarray,
+                          nodes, lines, boxes: BoxBatch) -> tuple[np.ndarray, np.ndarray]:
+    """_back_substitute for rows that start as objectives at several nodes at once (a node with several
+    inputs): pushed back from the latest node, the others' objectives added where the walk reaches
+    them."""
+    top = max(lam_f)
+    extra_f = {i: v for i, v in lam_f.items() if i != top}
+    extra_q = {i: v for i, v in lam_q.items() if i != top}
+    return _back_substitute(net, top, lam_f[top], lam_q[top], const, owner, nodes, lines, boxes,
+                            extra=(extra_f, extra_q))
+
+
+def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | None = None,
+                          settings: Settings = DEFAULT, full: bool = False) -> Analysis:
+    """Symbolic bounds for every node, then for the output error y_K - ŷ_K, for every box.
+
+    `parent` (an analysis of enclosing boxes, one per box) tightens every range: a child's linear
+    bound can be looser than its parent's, so the smaller one is kept. Hidden neurons whose
+    relaxations are already exact on their interval ranges (`settled`) keep those ranges unless
+    `full` (the MILP and the saturation report want every range tight). Their relaxations do not
+    change, but later layers' interval ranges start from theirs, so the bound can come out a
+    little looser (0.75% on one 3-layer net in tests) for a fraction of the work deep in a search."""
+    B = len(boxes)
+    nodes: list[NodeBounds] = []
+    lines: list[NodeLines | None] = []
     for t, node in enumerate(net.nodes):
-        nb = interval_node(net, t, bounds, box)
-        if t > 0 and not node.linear_only:
-            n = node.size
-            for s in range(0, n, _BLOCK // 6 or 1):
-                e = min(n, s + max(1, _BLOCK // 6))
-                k = e - s
-                I = np.zeros((k, n))
-                I[np.arange(k), np.arange(s, e)] = 1.0
-                Z = np.zeros_like(I)
-                # rows: +p, -p, +u, -u, +delta, -delta (delta = p - u)
-                P = np.vstack([I, -I, Z, Z, I, -I])
-                U = np.vstack([Z, Z, I, -I, -I, I])
-                up = _back_substitute(net, t, P, U, np.zeros(6 * k), bounds, box)
-                sym = NodeBounds(-up[k:2 * k], up[:k], -up[3 * k:4 * k], up[2 * k:3 * k], -up[5 * k:], up[4 * k:5 * k])
-                part = NodeBounds(nb.pl[s:e], nb.ph[s:e], nb.ul[s:e], nb.uh[s:e], nb.dl[s:e], nb.dh[s:e])
-                part.tighten(sym)
-                nb.pl[s:e], nb.ph[s:e], nb.ul[s:e], nb.uh[s:e], nb.dl[s:e], nb.dh[s:e] = (
-                    part.pl, part.ph, part.ul, part.uh, part.dl, part.dh)
+        nb = interval_node(net, t, nodes, boxes)
         if parent is not None:
-            nb.tighten(parent.bounds[t])
+            nb = nb.meet(parent.nodes[t])
         if t > 0 and not node.linear_only:
-            nb.snap_to_grid(node)
-        bounds.append(nb)
+            # Only neurons a box may still move between pieces get symbolic bounds: where every
+            # relaxation is already exact, tighter ranges only reach later layers through their
+            # interval ranges.
+            todo = np.ones((B, node.size), dtype=bool) if full or t == net.output else ~settled(node, nb)
+            if todo.any():
+                up = _node_rows(net, t, todo, nodes, lines, boxes, settings)
+                nb = nb.meet(NodeBounds(-up[:, 1], up[:, 0], -up[:, 3], up[:, 2], -up[:, 5], up[:, 4],
+                                        np.zeros(todo.shape, dtype=bool)))
+        if t > 0 and not node.linear_only:
+            nb = nb.snapped(node)
+        nodes.append(nb)
+        # The input node too: ŷ_0 is the input clamped to the int8 range.
+        lines.append(None if node.linear_only else node_lines(node, nb))
     # Output: y_K - ŷ_K, both signs.
     K = net.output
     n = net.nodes[K].size
     I = np.eye(n)
-    Lf = np.vstack([I, -I])
-    Lq = np.vstack([-I, I])
-    Pk, Uk, k0 = _relax_node(net.nodes[K], bounds[K], Lf, Lq)
-    up = _back_substitute(net, K, Pk, Uk, k0, bounds, box)
-    hi, lo = up[:n], -up[n:]
-    ref_lo, ref_hi = output_range(net, bounds)
-    hi, lo = np.minimum(hi, ref_hi), np.maximum(lo, ref_lo)
+    up = upper_bounds(net, Analysis(boxes, ErrorBound(np.zeros((B, n)), np.zeros((B, n))), tuple(nodes),
+                                    tuple(lines)), K, np.vstack([I, -I]), np.vstack([-I, I]), settings)
+    bound = ErrorBound(-up[:, n:], up[:, :n]).meet(ErrorBound(*output_range(net, nodes)))
     if parent is not None:
-        hi, lo = np.minimum(hi, parent.err_high), np.maximum(lo, parent.err_low)
-    return Analysis(np.maximum(np.abs(lo), np.abs(hi)), lo, hi, bounds)
+        bound = bound.meet(parent.bound)
+    return Analysis(boxes, bound, tuple(nodes), tuple(lines))
 
 
-def float_linear_bounds(net: MergedNet, bounds: list[NodeBounds], box: Box) -> tuple[np.ndarray, ...]:
-    """Affine bounds of the float output over the box, from the node ranges of an analysis of it:
-    (G_lo, k_lo, G_hi, k_hi) with G_lo x + k_lo <= y_K(x) <= G_hi x + k_hi for every x in the box
-    (the float side of the back-substitution alone)."""
+def float_linear_bounds(net: MergedNet, analysis: Analysis) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Affine bounds of the float output over each box, from the node ranges of its analysis:
+    (G_lo, k_lo, G_hi, k_hi), G (B, n_out, n_in), k (B, n_out), with
+    G_lo x + k_lo <= y_K(x) <= G_hi x + k_hi for every x in the box (the float side alone)."""
     K = net.output
     n = net.nodes[K].size
-    I = np.eye(n)
-    Pk, Uk, k0 = _relax_node(net.nodes[K], bounds[K], np.vstack([I, -I]), np.zeros((2 * n, n)))
-    G, k = _back_substitute(net, K, Pk, Uk, k0, bounds, box, linear=True)
-    return -G[n:], -k[n:], G[:n], k[:n]
-
-
-def output_range(net: MergedNet, bounds: list[NodeBounds]) -> tuple[np.ndarray, np.ndarray]:
-    """Output error range implied by the output node's ranges alone: [y_lo - ŷ_hi, y_hi - ŷ_lo]."""
-    node = net.nodes[net.output]
-    yl, yh = bounds[net.output].y(node)
-    ql, qh = bounds[net.output].yq(node)
-    return yl - qh, yh - ql
+    B = len(analysis)
+    eye = np.eye(n)
+    Lf = np.tile(np.vstack([eye, -eye]), (B, 1))
+    owner = np.repeat(np.arange(B), 2 * n)
+    G, k = _back_substitute(net, K, Lf, np.zeros_like(Lf), np.zeros(B * 2 * n), owner, analysis.nodes,
+                            analysis.lines, analysis.boxes)
+    G, k = G.reshape(B, 2 * n, -1), k.reshape(B, 2 * n)
+    return -G[:, n:], -k[:, n:], G[:, :n], k[:, :n]

@@ -1,0 +1,361 @@
+"""Branch and bound over the region (input splitting), in deterministic rounds of batched work.
+
+Each round takes the `round_boxes` worst open boxes (largest certified |error|; ties in the
+order the boxes were made) and plans one step for each:
+- *enumerate* a box that meets few input rounding cells: the int8 side exactly on every cell
+  (cells.py), once per box; its children are then cut on cell edges and bounded from slices of
+  the same device outputs;
+- a *MILP* pass (exact encoding, node limit) on a small network's box that splitting stopped
+  tightening;
+- otherwise *split* it in two (the widest side, on an input-cell edge when it spans few cells),
+  and bound both children with the differential engine, every child of the round in one batched
+  pass (chunks of `chunk_boxes` boxes, one job each), each child also kept within its parent's
+  ranges and bound.
+Jobs are pure functions of (Problem, job) mapped by a Runner, results taken in job order, and
+every stop rule counts work (boxes bounded), never time: the same search on one process, a
+pool or a cluster gives the same bound. The wall clock only stops a search as a safety net
+(then `stopped` says so).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolchain.certify import cells
+from toolchain.certify.parallel import Problem, Runner
+from toolchain.certify.region import Box, BoxBatch
+from toolchain.certify.result import (
+    STOP_BUDGET,
+    STOP_DECIDED,
+    STOP_EXHAUSTED,
+    STOP_TIME,
+    EngineResult,
+    ErrorBound,
+)
+from toolchain.certify.symbolic import Analysis, NodeBounds, differential_analysis
+from toolchain.margins import CELL_TOL
+from toolchain.merge import MergedNet
+
+# --- compact per-box ranges ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Every node's ranges over one box, packed: (6, neurons) float64 (pl, ph, ul, uh, dl, dh of all
+    nodes, node after node) and (neurons,) exact flags. What a box hands down to its children."""
+
+    values: np.ndarray
+    exact: np.ndarray
+
+    @staticmethod
+    def of(analysis: Analysis, i: int) -> Ranges:
+        values = np.concatenate([np.stack([nb.pl[i], nb.ph[i], nb.ul[i], nb.uh[i], nb.dl[i], nb.dh[i]])
+                                 for nb in analysis.nodes], axis=1)
+        return Ranges(values, np.concatenate([nb.exact[i] for nb in analysis.nodes]))
+
+
+def _parents(net: MergedNet, ranges: list[Ranges], bounds: list[ErrorBound]) -> Analysis:
+    """A batch 'analysis' holding the given boxes' ranges and bounds (for children's tightening)."""
+    values = np.stack([r.values for r in ranges])  # (B, 6, N)
+    exact = np.stack([r.exact for r in ranges])
+    nodes, at = [], 0
+    for node in net.nodes:
+        v = values[:, :, at:at + node.size]
+        nodes.append(NodeBounds(v[:, 0], v[:, 1], v[:, 2], v[:, 3], v[:, 4], v[:, 5], exact[:, at:at + node.size]))
+        at += node.size
+    bound = ErrorBound(np.stack([b.low for b in bounds]), np.stack([b.high for b in bounds]))
+    empty = BoxBatch(np.zeros((len(ranges), 1)), np.zeros((len(ranges), 1)))
+    return Analysis(empty, bound, tuple(nodes), tuple(None for _ in nodes))
+
+
+# --- jobs (pure functions of the problem and a job) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoundJob:
+    """Boxes to bound together, each with its parent's ranges and bound, and (for children of a
+    box bounded by its cells) the device's outputs on its cells."""
+
+    boxes: tuple[Box, ...]
+    parent_ranges: tuple[Ranges, ...]
+    parent_bounds: tuple[ErrorBound, ...]
+    cells: tuple[cells.CellOutputs | None, ...]
+
+
+@dataclass(frozen=True)
+class Bounded:
+    bound: ErrorBound
+    ranges: Ranges
+    candidates: np.ndarray | None  # where a cell bound is reached (witness candidates)
+
+
+def bound_boxes(problem: Problem, job: BoundJob) -> list[Bounded]:
+    """The differential engine on every box of the job at once; boxes with cell outputs are also
+    bounded cell by cell."""
+    net = problem.net
+    parents = _parents(net, list(job.parent_ranges), list(job.parent_bounds))
+    a = differential_analysis(net, BoxBatch.of(list(job.boxes)), parents, problem.settings)
+    out = []
+    for i, (box, outputs) in enumerate(zip(job.boxes, job.cells, strict=True)):
+        bound, candidates = a.bound.item(i), None
+        if outputs is not None:
+            by_cells, candidates = cells.cell_bounds(net, box, a.take([i]), outputs)
+            bound = bound.meet(by_cells)
+        out.append(Bounded(bound, Ranges.of(a, i), candidates))
+    return out
+
+
+@dataclass(frozen=True)
+class LeafJob:
+    box: Box
+    ranges: Ranges
+    bound: ErrorBound
+    witness: np.ndarray | None = None  # MILP starting points
+
+
+def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOutputs]:
+    """The box bounded by the device's exact output on each of its input cells."""
+    net, settings = problem.net, problem.settings
+    a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings)
+    outputs = cells.device_outputs(net, problem.pg, job.box, settings.cell_chunk)
+    by_cells, candidates = cells.cell_bounds(net, job.box, a, outputs)
+    return Bounded(a.bound.item(0).meet(by_cells), Ranges.of(a, 0), candidates), outputs
+
+
+def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, int]]:
+    """The box bounded by the exact MILP (settings.milp_leaf_nodes nodes per solve)."""
+    from toolchain.certify.milp import milp_bounds
+
+    net, settings = problem.net, problem.settings
+    a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings,
+                              full=True)
+    m = milp_bounds(net, job.box, a, settings, node_limit=settings.milp_leaf_nodes, witness=job.witness)
+    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None), m.work
+
+
+# --- the search -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leaf:
+    box: Box
+    bound: ErrorBound
+    ranges: Ranges
+    depth: int
+    parent_key: float
+    cells: cells.CellOutputs | None = None  # set once the box is bounded by its cells
+    milp_done: bool = False
+
+    @property
+    def key(self) -> float:
+        return float(self.bound.upper.max())
+
+
+def cell_cuts(net: MergedNet, box: Box) -> list[tuple[int, float]]:
+    """(input, edge) cuts for a box bounded by its cells, sides with the most whole cells first:
+    each on its cell edge nearest the middle ([] when every side lies within one cell)."""
+    s = net.input_scale
+    margin = 4 * CELL_TOL * s
+    first = np.ceil((box.low + margin) / s - 0.5)  # interior edge indices j: edge = s (j + 1/2)
+    last = np.floor((box.high - margin) / s - 0.5)
+    inner = last - first + 1
+    out = []
+    for dim in np.argsort(-inner, kind="stable"):
+        if inner[dim] < 1:
+            break
+        j = np.clip(np.round(box.center[dim] / s - 0.5), first[dim], last[dim])
+        out.append((int(dim), float(s * (j + 0.5))))
+    return out
+
+
+def cut_at(net: MergedNet, box: Box, dim: int, cell_edge_cells: float) -> float:
+    """Where to cut a side: on the input-cell edge nearest its middle when one lies inside and the
+    side spans fewer than `cell_edge_cells` cells (or the interface is int8: children then share
+    no grid point), else the middle."""
+    lo, hi = box.low[dim], box.high[dim]
+    mid = (lo + hi) / 2
+    s = net.input_scale
+    edge = s * (np.floor(mid / s) + 0.5)
+    n_cells = (hi - lo) / s
+    if (net.input_interface == "int8" or n_cells < cell_edge_cells) and lo < edge < hi:
+        return float(edge)
+    if net.input_interface == "int8":
+        return float(mid) if n_cells >= 1 else float(lo)  # one grid point: nothing to split
+    return float(mid)
+
+
+def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float) -> list[tuple[Box, Box]]:
+    """The candidate splits of a leaf (each a pair of children), best first."""
+    box = leaf.box
+    if leaf.cells is not None:
+        # Within one cell per input the int8 side is one number: halving the widest side then
+        # still tightens the float side's affine bounds.
+        widest = int(np.argmax(box.width))
+        cuts = cell_cuts(net, box)[: max(1, trials)] or [(widest, float(box.center[widest]))]
+    else:
+        order = np.argsort(-box.width, kind="stable")[: max(1, trials)]
+        cuts = [(int(d), cut_at(net, box, int(d), cell_edge_cells)) for d in order]
+    out = []
+    for dim, at in cuts:
+        if not box.low[dim] < at < box.high[dim]:
+            continue
+        children = box.cut(dim, at)
+        if net.input_interface == "int8":  # keep only int8-representable inputs
+            children = tuple(c.snap_to_grid(net.input_scale, net.input_zero_point) for c in children)
+        out.append(children)
+    return out
+
+
+class _Store:
+    """The open leaves' error bounds as arrays (slot per leaf), for the combined bound each round."""
+
+    def __init__(self, n_out: int) -> None:
+        self.low = np.zeros((64, n_out))
+        self.high = np.zeros((64, n_out))
+        self.alive = np.zeros(64, dtype=bool)
+        self.free: list[int] = []
+        self.used = 0
+
+    def add(self, bound: ErrorBound) -> int:
+        if self.free:
+            slot = self.free.pop()
+        else:
+            if self.used == len(self.alive):
+                grow = len(self.alive)
+                self.low = np.vstack([self.low, np.zeros_like(self.low[:grow])])
+                self.high = np.vstack([self.high, np.zeros_like(self.high[:grow])])
+                self.alive = np.concatenate([self.alive, np.zeros(grow, dtype=bool)])
+            slot, self.used = self.used, self.used + 1
+        self.low[slot], self.high[slot], self.alive[slot] = bound.low, bound.high, True
+        return slot
+
+    def remove(self, slot: int) -> None:
+        self.alive[slot] = False
+        self.free.append(slot)
+
+    def combined(self) -> ErrorBound:
+        return ErrorBound(self.low[self.alive].min(axis=0), self.high[self.alive].max(axis=0))
+
+
+def branch_and_bound(
+    problem: Problem, root: Analysis, runner: Runner, *, decided: Callable[[ErrorBound], bool],
+    probe: Callable[[np.ndarray], None] | None = None, progress: Callable[[str], None] | None = None,
+    deadline: float = float("inf"), enumerate_cells: bool = True,
+) -> EngineResult:
+    """Refine the region of `root` (an analysis of one box) until `decided(combined bound)`, the
+    work budget (settings.max_boxes boxes bounded) is spent, or no box can be split further.
+
+    `probe`, if given, is called after each round with the centres of the new boxes and the inputs
+    where cell bounds are reached: the caller's falsifier looks for witnesses where the bound is high."""
+    net, settings = problem.net, problem.settings
+    counter = itertools.count()
+    store = _Store(net.n_outputs)
+    heap: list = []
+    stuck: list[Leaf] = []
+    slots: dict[int, int] = {}  # id(leaf) -> slot
+    work = {"boxes": 1, "rounds": 0, "enumerated": 0, "milp_solves": 0, "milp_nodes": 0}
+    small = sum(n.size for n in net.nodes[1:]) <= settings.milp_max_neurons
+    milp_depth = settings.milp_depth_per_input * net.n_inputs
+
+    def add(leaf: Leaf) -> None:
+        slots[id(leaf)] = store.add(leaf.bound)
+        heapq.heappush(heap, (-leaf.key, next(counter), leaf))
+
+    def drop(leaf: Leaf) -> None:
+        store.remove(slots.pop(id(leaf)))
+
+    add(Leaf(root.boxes[0], root.bound.item(0), Ranges.of(root, 0), 0, np.inf))
+    cap = min(settings.enum_cells, settings.enum_bytes / max(1, net.n_outputs))
+    last_report = time.monotonic()
+    stopped = STOP_EXHAUSTED
+    while heap:
+        if decided(store.combined()):
+            stopped = STOP_DECIDED
+            break
+        if work["boxes"] >= settings.max_boxes:
+            stopped = STOP_BUDGET
+            break
+        if time.monotonic() > deadline:
+            stopped = STOP_TIME
+            break
+        popped = [heapq.heappop(heap)[2] for _ in range(min(settings.round_boxes, len(heap)))]
+        to_enumerate, to_milp, to_split = [], [], []
+        for leaf in popped:
+            if enumerate_cells and problem.pg is not None and leaf.cells is None \
+                    and cells.cell_count(net, leaf.box) <= cap:
+                to_enumerate.append(leaf)
+            elif small and not leaf.milp_done and leaf.cells is None and leaf.depth >= milp_depth \
+                    and leaf.key >= settings.milp_stall * leaf.parent_key:
+                to_milp.append(leaf)
+            else:
+                to_split.append(leaf)
+        fresh: list[np.ndarray] = []
+        # Splits: every candidate child of the round, bounded in fixed-size chunks.
+        children: list[tuple[int, int, Box, cells.CellOutputs | None]] = []  # (leaf, option, box, cells)
+        for li, leaf in enumerate(to_split):
+            for oi, pair in enumerate(_options(net, leaf, settings.split_trials, settings.cell_edge_cells)):
+                for child in pair:
+                    sub = leaf.cells.sub(net, child) if leaf.cells is not None else None
+                    children.append((li, oi, child, sub))
+        jobs = []
+        for s in range(0, len(children), settings.chunk_boxes):
+            part = children[s:s + settings.chunk_boxes]
+            jobs.append(BoundJob(tuple(c[2] for c in part), tuple(to_split[c[0]].ranges for c in part),
+                                 tuple(to_split[c[0]].bound for c in part), tuple(c[3] for c in part)))
+        leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound) for leaf in to_enumerate + to_milp]
+        results = runner.map(bound_boxes, jobs)
+        enum_results = runner.map(enumerate_box, leaf_jobs[:len(to_enumerate)])
+        milp_results = runner.map(milp_box, leaf_jobs[len(to_enumerate):])
+        bounded = [b for chunk in results for b in chunk]
+        work["boxes"] += len(bounded) + len(enum_results) + len(milp_results)
+        work["rounds"] += 1
+        # Each split leaf keeps the option whose worse child is lowest (then the smaller sum).
+        by_leaf: dict[int, dict[int, list]] = {}
+        for (li, oi, child, sub), b in zip(children, bounded, strict=True):
+            by_leaf.setdefault(li, {}).setdefault(oi, []).append((child, sub, b))
+        for li, leaf in enumerate(to_split):
+            drop(leaf)
+            options = by_leaf.get(li)
+            if not options:
+                stuck.append(leaf)  # cannot be split further: its bound stays as it is
+                slots[id(leaf)] = store.add(leaf.bound)
+                continue
+            best = min(options.values(), key=lambda kids: sorted((float(k[2].bound.upper.max()) for k in kids),
+                                                                 reverse=True))
+            for child, sub, b in best:
+                add(Leaf(child, b.bound, b.ranges, leaf.depth + 1, leaf.key, sub))
+                fresh.append(child.center[None])
+                if b.candidates is not None:
+                    fresh.append(b.candidates)
+        for leaf, (b, outputs) in zip(to_enumerate, enum_results, strict=True):
+            drop(leaf)
+            work["enumerated"] += 1
+            add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, outputs, leaf.milp_done))
+            fresh.append(b.candidates)
+        for leaf, (b, milp_work) in zip(to_milp, milp_results, strict=True):
+            drop(leaf)
+            work["milp_solves"] += milp_work.get("milp_solves", 0)
+            work["milp_nodes"] += milp_work.get("milp_nodes", 0)
+            add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, leaf.cells, True))
+        if probe is not None and fresh:
+            probe(np.vstack(fresh))
+        if progress is not None and time.monotonic() - last_report > 2.0:
+            last_report = time.monotonic()
+            by_cells = f" ({work['enumerated']} bounded cell by cell)" if work["enumerated"] else ""
+            progress(f"split: {work['boxes']} boxes{by_cells}, bound {store.combined().upper.max():.6g}")
+    final = store.combined()
+    if stopped == STOP_EXHAUSTED and decided(final):
+        stopped = STOP_DECIDED
+    # Per node, the float pre-activation range over the union of the open boxes (for the report).
+    leaves = [e[2] for e in heap] + stuck
+    values = np.stack([leaf.ranges.values for leaf in leaves])
+    lo_all, hi_all = values[:, 0].min(axis=0), values[:, 1].max(axis=0)
+    offsets = np.cumsum([0] + [n.size for n in net.nodes])
+    ranges = [(lo_all[a:b], hi_all[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return EngineResult(final, stopped, dict(work, open_boxes=len(leaves)), float_ranges=ranges)
