@@ -35,8 +35,8 @@ def fake_engine(margin: float = 2.0, extra: float = 0.2):
     """A stand-in for toolchain.certify.certifier.certify: every U_k = margin · (sampled max over outputs)
     + extra."""
 
-    def certify(net, pg, boxes, *, budget, target, method="auto", settings=None, workers=1, decision=None,
-                progress=None):
+    def certify(net, pg, boxes, *, budget, target, method="auto", settings=None, workers=1, scheduler=None,
+                decision=None, progress=None):
         regions = []
         for b in boxes:
             xs = sample_boxes([(b.low, b.high)], 400, seed=0)
@@ -49,14 +49,15 @@ def fake_engine(margin: float = 2.0, extra: float = 0.2):
             sat = Saturation("op #0 FULLY_CONNECTED", "dense", 3, -2.0, 9.0, -5.0, 5.0, True)
             box = {"box": {"low": b.low.tolist(), "high": b.high.tolist()}}
             regions.append(RegionCertificate(box, outs, w, max(o.upper for o in outs),
-                                             max(o.lower for o in outs), "fake", 0.1, saturations=[sat]))
+                                             max(o.lower for o in outs), "fake", "single pass", {"boxes": 1},
+                                             saturations=[sat]))
         k = len(regions[0].outputs)
         outs = [OutputBound(i, max(r.outputs[i].lower for r in regions),
                             max(r.outputs[i].upper for r in regions)) for i in range(k)]
         best = max(regions, key=lambda r: r.witness.error)
         region = regions[0].region if len(regions) == 1 else [r.region for r in regions]
         return Certificate(verdict_for(outs, budget), max(o.upper for o in outs), outs, best.witness, region,
-                           target, "fake", 0.2, list(budget), net.certified_tensor, regions)
+                           target, "fake", list(budget), net.certified_tensor, regions)
 
     return certify
 
@@ -169,7 +170,7 @@ def test_certify_command_writes_its_three_files(tmp_path, fake):
                                    str(out), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert doc["schema"] == "qassure.certificate/1" and doc["verdict"] == "pass"
+    assert doc["schema"] == "qassure.certificate/2" and doc["verdict"] == "pass"
     assert {"bound", "outputs", "witness", "region", "target", "method", "hashes"} <= set(doc)
     assert sorted(p.name for p in out.iterdir()) == ["certificate.json", "model_float.tflite",
                                                      "model_int8.tflite"]
@@ -217,12 +218,14 @@ def test_shipped_configs_load():
 @pytest.mark.slow
 @pytest.mark.tf
 def test_default_config_end_to_end_with_the_real_engines(tmp_path):
-    """`make certify TARGET=cortex-m4`: passes, under 60 s, and the artifact verifies."""
+    """`make certify TARGET=cortex-m4`: passes on its work budget (the search decides the budget before
+    it spends max_boxes; the time limit never bites), and the artifact verifies."""
     code, out, _ = run_cli("run", str(REPO / "configs" / "default.yaml"), "--target", "cortex-m4", "--out",
                            str(tmp_path), "--json")
     doc = json.loads(out)
     assert code == 0, doc["checks"]
-    assert doc["seconds"] < 60
     assert doc["lower"] <= doc["bound"] <= doc["budget"][0]
+    cert = json.loads((Path(doc["artifact_dir"]) / "certificate.json").read_text())
+    assert all(r["stopped"] == "decided" for r in cert["regions"])
     res = CliRunner().invoke(app, ["verify-certificate", doc["artifact_dir"]])
     assert res.exit_code == 0, res.output

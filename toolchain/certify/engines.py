@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolchain.certify.falsify import Found
-from toolchain.certify.parallel import Problem, Runner
-from toolchain.certify.region import Box, BoxBatch
 from toolchain.certify.result import STOP_DECIDED, STOP_ONE_PASS, EngineResult, ErrorBound
-from toolchain.certify.symbolic import Analysis, interval_analysis
+
+if TYPE_CHECKING:  # the engines import their maths when they run: naming them stays cheap for the CLI
+    from toolchain.certify.falsify import Found
+    from toolchain.certify.parallel import Problem, Runner
+    from toolchain.certify.region import Box
+    from toolchain.certify.symbolic import Analysis
 
 
 @dataclass
@@ -51,6 +54,9 @@ class Engine:
 
 
 def _interval(task: RegionTask) -> EngineResult:
+    from toolchain.certify.region import BoxBatch
+    from toolchain.certify.symbolic import interval_analysis
+
     a = interval_analysis(task.problem.net, BoxBatch.of([task.box]))
     return EngineResult(a.bound.item(0), STOP_ONE_PASS, {"boxes": 1})
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import typer
 
+from toolchain.certify.engines import METHODS  # the registry (cheap: engines load their maths when they run)
 from toolchain.errors import QassureError
 
-METHODS = ("auto", "interval", "differential", "milp", "split")
+METHOD_HELP = "Certify engine: " + " | ".join(METHODS) + " (docs/reference.md says what each does)."
 MAX_BOXES_HELP = "Work budget: boxes bounded per region, deterministic (default: the config's max_boxes)."
 TIME_LIMIT_HELP = ("Safety net in seconds (default: the config's time_limit); when it bites, the verdict is "
                    "unknown and the certificate says so.")

@@ -15,6 +15,7 @@ import typer
 
 from toolchain.cli._common import (
     MAX_BOXES_HELP,
+    METHOD_HELP,
     TIME_LIMIT_HELP,
     WORKERS_HELP,
     check_method,
@@ -28,7 +29,7 @@ from toolchain.cli._common import (
 def command(
     config: Path = typer.Argument(..., help="Config YAML (configs/NAME.yaml)."),
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
-    method: str = typer.Option("auto", "--method", help="auto | interval | differential | milp | split."),
+    method: str = typer.Option("auto", "--method", help=METHOD_HELP),
     max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
     time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
@@ -37,7 +38,7 @@ def command(
     json_out: bool = typer.Option(False, "--json", help="Print the certificate as one JSON object."),
 ) -> None:
     """Certify max |float − int8| over the config's region for one target."""
-    from toolchain.certify.split import available_cpus
+    from toolchain.certify.parallel import available_cpus
     from toolchain.config import load_config
     from toolchain.emit.artifact import certificate_dict, write_certify_outputs
     from toolchain.errors import EXIT_FAIL, EXIT_PASS

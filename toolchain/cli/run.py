@@ -8,6 +8,7 @@ import typer
 
 from toolchain.cli._common import (
     MAX_BOXES_HELP,
+    METHOD_HELP,
     SETTINGS,
     TIME_LIMIT_HELP,
     WORKERS_HELP,
@@ -22,7 +23,7 @@ from toolchain.cli._common import (
 def command(
     config: Path = typer.Argument(..., help="Config YAML (configs/NAME.yaml)."),
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
-    method: str = typer.Option("auto", "--method", help="auto | interval | differential | milp | split."),
+    method: str = typer.Option("auto", "--method", help=METHOD_HELP),
     max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
     time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
@@ -32,7 +33,7 @@ def command(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also the certify engines' status lines."),
 ) -> None:
     """Quantize, check bit-exactness, certify, check memory, emit; exit 0 only when everything passed."""
-    from toolchain.certify.split import available_cpus
+    from toolchain.certify.parallel import available_cpus
     from toolchain.gate.run import gate_summary_lines, run_gate
 
     if quiet:

@@ -13,7 +13,7 @@ no C array, and a stale deployable `<target>/` from an earlier run is removed.
 
 Everything is written into a hidden temp dir next to the destination, then renamed into place.
 Same inputs give the same bytes for every file except timings.json: timings, dates and absolute paths
-are kept out (any `seconds` field of certificate.json is null; the numbers are in timings.json).
+are kept out (a certificate holds no seconds, only the work its search did; the seconds are in timings.json).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from toolchain.certificate import Certificate
+from toolchain.certificate import SCHEMA, Certificate
 from toolchain.errors import ModelError
 
 if TYPE_CHECKING:
@@ -190,15 +190,6 @@ def certificate_dict(cert: Certificate) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cert), default=_jsonable))
 
 
-def _timeless(cert_dict: dict[str, Any]) -> dict[str, Any]:
-    """The certify schema with any `seconds` field nulled (the numbers go to timings.json)."""
-    d = json.loads(json.dumps(cert_dict))
-    for part in (d, *d.get("regions", [])):
-        if "seconds" in part:
-            part["seconds"] = None
-    return d
-
-
 def _config_doc(config: Config) -> dict[str, Any]:
     import yaml
 
@@ -211,8 +202,8 @@ def certificate_doc(result: GateResult, config: Config, target: Target,
                     files: dict[str, str]) -> dict[str, Any]:
     """Everything certificate.json holds (before sealing)."""
     cert: Certificate | None = result.certificate
-    doc: dict[str, Any] = _timeless(certificate_dict(cert)) if cert is not None else {
-        "schema": "qassure.certificate/1", "verdict": "unknown", "bound": None, "outputs": [],
+    doc: dict[str, Any] = certificate_dict(cert) if cert is not None else {
+        "schema": SCHEMA, "verdict": "unknown", "bound": None, "outputs": [],
         "witness": None, "region": None, "target": target.name, "method": None, "regions": []}
     doc["inputs"] = dict(doc.get("hashes") or {})  # sha256 of what was certified (.tflite, config, model)
     doc["hashes"] = files  # sha256 of every other file in this directory
@@ -310,10 +301,6 @@ def write_timings(directory: Path, result: GateResult) -> None:
     """Seconds per step, written after the rename: not hashed, not reproducible, not part of the proof."""
     doc: dict[str, Any] = {"total": round(result.seconds, 3),
                            "steps": {k: round(v, 3) for k, v in result.timings.items()}}
-    cert = {} if result.certificate is None else certificate_dict(result.certificate)
-    if "seconds" in cert:  # a certificate carrying its engines' seconds (nulled in certificate.json)
-        doc["certify_seconds"] = cert["seconds"]
-        doc["region_seconds"] = [r.get("seconds") for r in cert.get("regions", [])]
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     (Path(directory) / TIMINGS_NAME).write_text(text, encoding="utf-8")
 
