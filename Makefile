@@ -35,10 +35,10 @@ test: setup
 certify: setup
 	$(VENV)/bin/qassure run $(CONFIG) --target $(TARGET)
 
+# The suite every engine change is judged by (about 40 minutes on 2 cores): bench/out/suite/results.md,
+# results.json and ratios.png. The older benches are scripts: see README's benchmark paragraph.
 bench: setup
-	@if [ -f bench/__main__.py ]; then $(PY) -m bench; \
-	elif [ -f bench/run.py ]; then $(PY) bench/run.py; \
-	else echo "bench/ has no runner yet"; exit 1; fi
+	$(PY) bench/suite.py
 
 clean:
 	rm -rf build .cache .pytest_cache .hypothesis bench/out firmware_tests/out *.egg-info
