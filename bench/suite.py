@@ -145,9 +145,10 @@ def run_case(case: Case, config: Path, args: argparse.Namespace, max_boxes: int 
                        note=f"exit {run.returncode}: {_last_line(run.stderr)}")
     r = read_certificate(cert)
     ratio = r.bound / r.witness if r.witness > 0 else math.inf
-    stop = f"<= {TARGET_RATIO}x reached" if ratio <= TARGET_RATIO else "limit"
+    # Budget 0: the verdict says nothing; what ended the search does.
+    stop = f"stopped at the {TARGET_RATIO}x target" if ratio <= TARGET_RATIO else "time or work limit"
     return replace(base, status="ok", bound=r.bound, witness=r.witness, ratio=ratio,
-                   certify_seconds=r.certify_seconds, boxes=r.boxes, note=f"{r.verdict} at budget 0; {stop}")
+                   certify_seconds=r.certify_seconds, boxes=r.boxes, note=stop)
 
 
 def prepare_all(chosen: list[Case], time_limit: float, models: Path) -> dict[str, dict[str, str]]:
