@@ -52,14 +52,23 @@ class Reading:
     bound: float
     witness: float
     boxes: int
-    certify_seconds: float
-    verdict: str
+    certify_seconds: float | None  # None: the certificate records no time
+    stopped: tuple[str, ...]  # why each region's search stopped, when the certificate says
 
 
 def read_certificate(cert: dict[str, Any]) -> Reading:
-    return Reading(bound=float(cert["bound"]), witness=float(cert["witness"]["error"]),
-                   boxes=sum(int(r.get("leaves", 1)) for r in cert["regions"]),
-                   certify_seconds=float(cert["seconds"]), verdict=str(cert["verdict"]))
+    """Schema qassure.certificate/1: boxes = leaves of the final split, `seconds` of certify.
+    Schema /2 (the work-budget engines): boxes = boxes bounded (`regions[i].work.boxes`, every child box
+    counts), no seconds, `regions[i].stopped` says why the search ended."""
+    regions = cert["regions"]
+    if all("work" in r for r in regions):
+        boxes = sum(int(r["work"].get("boxes", 1)) for r in regions)
+    else:
+        boxes = sum(int(r.get("leaves", 1)) for r in regions)
+    seconds = cert.get("seconds")
+    stopped = tuple(sorted({str(r["stopped"]) for r in regions if r.get("stopped")}))
+    return Reading(bound=float(cert["bound"]), witness=float(cert["witness"]["error"]), boxes=boxes,
+                   certify_seconds=None if seconds is None else float(seconds), stopped=stopped)
 
 
 # --------------------------------------------------------------------------------------------- one case
@@ -88,9 +97,9 @@ class CaseResult:
 
     @property
     def boxes_per_minute(self) -> float | None:
-        if self.boxes is None or not self.certify_seconds:
-            return None
-        return 60.0 * self.boxes / self.certify_seconds
+        """Over the certify seconds, or the whole wall time when the certificate records no time."""
+        seconds = self.certify_seconds or self.wall_seconds
+        return None if self.boxes is None or not seconds else 60.0 * self.boxes / seconds
 
 
 def cli_accepts(option: str) -> bool:
@@ -147,6 +156,7 @@ def run_case(case: Case, config: Path, args: argparse.Namespace, max_boxes: int 
     ratio = r.bound / r.witness if r.witness > 0 else math.inf
     # Budget 0: the verdict says nothing; what ended the search does.
     stop = f"stopped at the {TARGET_RATIO}x target" if ratio <= TARGET_RATIO else "time or work limit"
+    stop = f"stopped: {', '.join(r.stopped)}" if r.stopped else stop
     return replace(base, status="ok", bound=r.bound, witness=r.witness, ratio=ratio,
                    certify_seconds=r.certify_seconds, boxes=r.boxes, note=stop)
 
@@ -213,8 +223,9 @@ def markdown(results: list[CaseResult], summary: dict[str, Any], meta: dict[str,
         f"Timeouts: {len(summary['timeouts'])} ({', '.join(summary['timeouts']) or 'none'}); "
         f"errors: {len(summary['errors'])} ({', '.join(summary['errors']) or 'none'}).",
         "",
-        "ratio = bound / witness; certify s from the certificate, other s = the rest of the wall time "
-        "(start-up, conversion); boxes = leaves of the final input split summed over regions; peak MB = "
+        "ratio = bound / witness; certify s from the certificate (— when it records none: boxes/min is then "
+        "over the wall time); other s = the rest of the wall time (start-up, conversion); boxes = leaves of "
+        "the final split (certificate/1) or boxes bounded (certificate/2), summed over regions; peak MB = "
         "the largest sum of the case's processes' Pss (sampled); max RSS MB = the largest single process.",
     ]
     return "\n".join(lines) + "\n"
