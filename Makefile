@@ -32,8 +32,10 @@ test: setup
 certify: setup
 	$(VENV)/bin/qassure run $(CONFIG) --target $(TARGET)
 
+# The suite every engine change is judged by (about 40 minutes on 2 cores): bench/out/suite/results.md,
+# results.json and ratios.png. The older benches are scripts: see README's benchmark paragraph.
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/suite.py
 
 clean:
 	rm -rf build .cache .pytest_cache .hypothesis .mypy_cache .ruff_cache bench/out firmware_tests/out *.egg-info
