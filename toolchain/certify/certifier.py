@@ -134,7 +134,8 @@ def certify_region(
             lower[k], inputs[k] = e[j, k], xs[j]
 
     say(f"witnessed error {found.lower.max():.6g}; bounding with {method}")
-    root = differential_analysis(net, BoxBatch.of([box]), settings=settings, full=True)
+    root = differential_analysis(net, BoxBatch.of([box]), settings=settings, full=True,
+                                 work=settings.symbolic_work_root)
     task = RegionTask(problem, box, root, found, budgets, runner, probe, lambda: lower, say, deadline)
     result = ENGINES[method].bound(task)
     bound = result.bound

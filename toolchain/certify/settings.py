@@ -42,6 +42,8 @@ class Settings:
     milp_rel_gap: float = 1e-2  # a MILP solve stops once bound and incumbent are this close
     milp_enum_cells: int = 2**19  # MILP boxes meeting at most this many cells get exact device ranges
     milp_cell_point_entries: int = 2**21  # ... and cell-bound starting points while cells x outputs fit
+    symbolic_work_root: float = 2.0**32  # multiply-adds per box for symbolic node ranges: the region itself
+    symbolic_work_box: float = 2.0**28  # ... each box of a search (past it: forward ranges, output rows only)
     # --- memory (no effect on results) ---
     block_entries: int = 2**23  # float64 entries of one block of objective rows (boxes x rows x widest layer)
     cell_chunk: int = 8192  # input cells per executor call
