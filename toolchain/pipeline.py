@@ -31,7 +31,7 @@ from toolchain.certificate import VERDICT_PASS, Certificate
 from toolchain.config import BallsRegion, BoxRegion, Config, check_region, load_config, representative_samples
 from toolchain.errors import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS, EXIT_SOUNDNESS, ModelError, QassureError
 from toolchain.errors import SoundnessViolation
-from toolchain.execute import kernels as K
+from toolchain.ops.quantize import affine_quantize
 from toolchain.targets import Target, load_target
 from toolchain.tflite import ir, prepare, reader
 
@@ -162,7 +162,7 @@ class PairEvaluator:
         if t.dtype != "int8":
             return xs.astype(np.float32)
         scale, zp = t.quant.scalar()  # type: ignore[union-attr]
-        return K.affine_quantize(xs, scale, zp)
+        return affine_quantize(xs, scale, zp)
 
     def snap_to_grid(self, xs: np.ndarray) -> np.ndarray:
         """For `input_interface: int8`: the real values of the int8 codes of `xs`."""
@@ -373,13 +373,13 @@ def firmware_check(models: Models, target: Target, inputs: np.ndarray, pair: Pai
     if not target.emit_c or target.qemu_machine is None:
         why = "the target does not emit C" if not target.emit_c else f"no emulated board for {target.cpu_core}"
         return Check(name, None, f"skipped: {why}")
-    from toolchain.emit import c_model
+    from toolchain.emit import firmware, qemu
 
-    missing = c_model.missing_tools()
+    missing = firmware.missing_tools()
     if missing:
         return Check(name, None, f"skipped: {', '.join(missing)} not installed (make setup-firmware)")
     try:
-        rec = c_model.verify_on_qemu(models.int8_tflite, target, pair.quantize_input(inputs))
+        rec = qemu.verify_on_qemu(models.int8_tflite, target, pair.quantize_input(inputs))
     except ModelError as exc:  # e.g. a float-input graph: no C is emitted for it
         return Check(name, None, f"skipped: {exc}")
     except QassureError as exc:

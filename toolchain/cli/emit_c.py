@@ -11,13 +11,14 @@ from toolchain.cli._common import emit_json, result, say
 
 def command(
     model: Path = typer.Argument(..., help="A full-int8 .tflite file (int8 input and output)."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target profile (rounding, core, budget)."),
+    target: str = typer.Option("cortex-m4", "--target", "-t",
+                               help="Target profile (rounding, core, budget)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for model.h, model.c and the kernels."),
     no_build: bool = typer.Option(False, "--no-build", help="Do not build the image to measure its size."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Write model.h / model.c (no malloc, static arena) and report the image size against the budget."""
-    from toolchain.emit.c_model import emit_c
+    from toolchain.emit.c_codegen import emit_c
     from toolchain.targets import load_target
 
     tgt = load_target(target)

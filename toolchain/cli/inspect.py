@@ -41,11 +41,13 @@ def command(
         pc = "" if op.per_channel is None else (" per-ch" if op.per_channel else " per-tensor")
         rows.append((str(op.index), op.opcode, op.activation if op.activation != "NONE" else "",
                      str(list(op.output.shape)), _q(op.output),
-                     (f"{op.weight_bytes} B{pc}" if op.weight_bytes else ""), format_multipliers(op.multipliers)))
+                     (f"{op.weight_bytes} B{pc}" if op.weight_bytes else ""),
+                     format_multipliers(op.multipliers)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     m = info.memory
     say(f"weights (constants): {m.weight_bytes} B   file: {m.file_bytes} B   "
-        f"activation arena (greedy, tensor lifetimes): {m.arena_bytes} B   peak live: {m.peak_live_bytes} B", -1)
+        f"activation arena (greedy, tensor lifetimes): {m.arena_bytes} B   "
+        f"peak live: {m.peak_live_bytes} B", -1)
     say(f"target {tgt.name}: flash {tgt.flash_bytes} B, RAM {tgt.ram_bytes} B", 1)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -250,17 +249,15 @@ def _replace_dir(staging: Path, dest: Path) -> None:
 
 
 def _emit_c_model(staging: Path, int8_tflite: Path, target: Target) -> None:
-    """The firmware engineer's C kernels for this model, when that emitter exists and the target asks."""
-    if not target.emit_c or importlib.util.find_spec("toolchain.emit.c_model") is None:
+    """The firmware engineer's C kernels for this model, when the target asks."""
+    if not target.emit_c:
         return
-    from toolchain.emit import c_model
+    from toolchain.emit.c_codegen import emit_c
 
-    emit_c = getattr(c_model, "emit_c", None)
-    if emit_c is not None:
-        try:
-            emit_c(int8_tflite, staging / "c", target)
-        except ModelError:  # a graph emit-c does not support (e.g. float input): the firmware check says why
-            shutil.rmtree(staging / "c", ignore_errors=True)
+    try:
+        emit_c(int8_tflite, staging / "c", target)
+    except ModelError:  # a graph emit-c does not support (e.g. float input): the firmware check says why
+        shutil.rmtree(staging / "c", ignore_errors=True)
 
 
 def write(result: GateResult, config: Config, target: Target, models: Models, sampled_errors: np.ndarray,
