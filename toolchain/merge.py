@@ -21,9 +21,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from toolchain import ops
+from toolchain.arith import Rounding
 from toolchain.errors import QassureError
 from toolchain.margins import INPUT_FLOAT_SLACK
-from toolchain.ops.base import LowerContext, Matrix, Role
+from toolchain.ops.base import LowerContext, Matrix, OpData, Role
 from toolchain.ops.common import clamp_range
 from toolchain.tflite import ir
 from toolchain.tflite.prepare import PreparedGraph
@@ -208,8 +209,8 @@ def build(float_graph: ir.Graph, pg: PreparedGraph, input_interface: str = "floa
     )
 
 
-def _node(impl: ops.Op, fg: ir.Graph, fo: ir.Operator, qg: ir.Graph, qo: ir.Operator, prep,
-          rounding, ins: tuple[int, ...], nodes: list[Node]) -> Node:
+def _node(impl: ops.Op, fg: ir.Graph, fo: ir.Operator, qg: ir.Graph, qo: ir.Operator, prep: OpData,
+          rounding: Rounding, ins: tuple[int, ...], nodes: list[Node]) -> Node:
     """The op's node: what its `Op.lower` contributes, named and placed in the network."""
     qt = qg.tensor(qo.outputs[0])
     if qt.quant is None:

@@ -96,7 +96,7 @@ def _run(pg: PreparedGraph, x: np.ndarray, keep_intermediates: bool, until: int 
         if until is not None and until in values:
             break
         kernel = ops.lookup(op.opcode, op.index, graph.path)
-        inputs = tuple(values[t] if t >= 0 else None for t in op.inputs)
+        inputs = [values[t] if t >= 0 else None for t in op.inputs]
         values[op.outputs[0]] = kernel.execute(prep, inputs, graph.tensor(op.outputs[0]).shape, pg.rounding)
     outs = (values[until],) if until is not None else tuple(values[t] for t in graph.outputs)
     return Run(outs, values if keep_intermediates else None)
