@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from toolchain import ops
+from toolchain.arith import INT32_MAX, INT32_MIN
 from toolchain.emit import firmware
 from toolchain.emit.firmware import ImageSize
 from toolchain.errors import ModelError, QassureError, UnsupportedOpError
@@ -54,10 +55,11 @@ class EmitResult:
 
 
 def _i32(v: int) -> str:
+    """An int32 C literal (INT32_MIN spelled so that no int64 constant is negated)."""
     v = int(v)
-    if not -(2**31) <= v < 2**31:
+    if not INT32_MIN <= v <= INT32_MAX:
         raise QassureError(f"value {v} does not fit int32")
-    return "(-2147483647 - 1)" if v == -(2**31) else str(v)
+    return "(-2147483647 - 1)" if v == INT32_MIN else str(v)
 
 
 def _comment(text: str) -> str:
