@@ -21,6 +21,7 @@ from tests import zoo as zoo_module
 from toolchain import execute
 from toolchain.bitexact import random_inputs
 from toolchain.cli.main import app
+from toolchain.arith import Rounding
 from toolchain.emit import c_codegen, firmware, qemu
 from toolchain.errors import ModelError
 from toolchain.oracle import TflmOracle
@@ -59,7 +60,7 @@ def _exact(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], n: int) -> np.n
     return same
 
 
-def _run_case(path: Path, target_name: str, n: int, seed: int, rounding: str | None = None):
+def _run_case(path: Path, target_name: str, n: int, seed: int, rounding: Rounding | None = None):
     target = load_target(target_name)
     oracle = qemu.QemuOracle(path, target, rounding=rounding)
     xs = random_inputs(oracle.graph, n, seed)
