@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from tests import zoo as zoo_module
 from toolchain import execute
+from toolchain.arith import Rounding
 from toolchain.bitexact import random_inputs
 from toolchain.cli.main import app
-from toolchain.arith import Rounding
 from toolchain.emit import c_codegen, firmware, qemu
 from toolchain.errors import ModelError
 from toolchain.oracle import TflmOracle
