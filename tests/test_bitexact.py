@@ -127,3 +127,23 @@ def test_float_io_model_quantize_and_dequantize_ops_bitexact(tmp_path: Path, m4)
     assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"
     report = check_bitexact(res.int8_tflite, m4, samples=200, seed=4)
     assert report.exact == report.samples == 200
+
+
+def test_prepared_graph_is_used_as_given(zoo: dict, m4) -> None:
+    """check_bitexact(prepared=...) runs the executor on that very prepared graph (the gate
+    prepares once): a skewed multiplier in it is caught, the plain file is not."""
+    from toolchain.ops.common import Requant
+    from toolchain.ops.fully_connected import FullyConnected
+    from toolchain.tflite import prepare as P
+
+    path = zoo["mlp_fused"].int8_tflite
+    pg = P.prepare(reader.read_model(path), m4.rounding)
+    assert check_bitexact(path, m4, samples=8, prepared=pg).ok
+    p = pg.ops[0]
+    assert isinstance(p, FullyConnected)
+    rq = p.requant
+    off = Requant(rq.multiplier + (1 << 26), rq.shift, rq.output_offset, rq.act_min, rq.act_max)
+    bad = FullyConnected(p.input_offset, p.weights, p.bias, off, p.per_channel)
+    skewed = P.PreparedGraph(pg.graph, (bad, *pg.ops[1:]), pg.rounding)
+    r = check_bitexact(path, m4, samples=8, prepared=skewed)
+    assert not r.ok and r.first_difference is not None and r.first_difference.op_index == 0

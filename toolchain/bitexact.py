@@ -101,14 +101,16 @@ def _lsb(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def check_bitexact(path: Path | str, target: Target, samples: int = 100, seed: int = 0,
-                   against: Against = "tflm", inputs: np.ndarray | None = None) -> BitexactReport:
-    """Run `samples` random inputs (or the given `inputs`) through the executor and the reference."""
+                   against: Against = "tflm", inputs: np.ndarray | None = None,
+                   prepared: prepare.PreparedGraph | None = None) -> BitexactReport:
+    """Run `samples` random inputs (or the given `inputs`) through the executor and the reference.
+    `prepared`: the graph of `path` already prepared for `target.rounding` (then not read again)."""
     path = Path(path)
-    graph = reader.read_model(path)
+    graph = reader.read_model(path) if prepared is None else prepared.graph
     require_int8(graph)
     if samples < 1 and inputs is None:
         raise QassureError("--samples must be at least 1")
-    pg = prepare.prepare(graph, target.rounding)
+    pg = prepare.prepare(graph, target.rounding) if prepared is None else prepared
     if inputs is None:
         xs = random_inputs(graph, samples, seed)
     else:

@@ -224,15 +224,17 @@ int model_invoke(const int8_t *in, int8_t *out)
 # --------------------------------------------------------------------------------------------- emit
 
 
-def emit_c(int8_tflite: Path | str, out_dir: Path | str, target: Target, *, build: bool = True) -> EmitResult:
+def emit_c(int8_tflite: Path | str, out_dir: Path | str, target: Target, *, build: bool = True,
+           prepared: P.PreparedGraph | None = None) -> EmitResult:
     """Write model.h, model.c and the kernel library into out_dir; size the image when the
-    cross-compiler is here."""
+    cross-compiler is here. `prepared`: the graph of `int8_tflite` already prepared for
+    `target.rounding` (then not read again)."""
     path = Path(int8_tflite)
-    graph = reader.read_model(path)
+    graph = reader.read_model(path) if prepared is None else prepared.graph
     if graph.input.dtype != "int8":
         raise ModelError(f"input '{graph.input.name}' is {graph.input.dtype}: emit-c needs a full-int8 model "
                          "with int8 input (a float-input graph would quantize on the device in float)", path)
-    pg = prepare.prepare(graph, target.rounding)
+    pg = prepare.prepare(graph, target.rounding) if prepared is None else prepared
     header, source, sizes = generate(pg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -113,10 +113,12 @@ def _with_rounding(target: Target, rounding: str) -> Target:
     return target if rounding == target.rounding else replace(target, rounding=rounding)  # type: ignore[arg-type]
 
 
-def verify_on_qemu(int8_tflite: Path, target: Target, inputs: np.ndarray) -> dict[str, Any]:
-    """The gate's firmware record: the executor vs the emitted C on the target's emulated core."""
+def verify_on_qemu(int8_tflite: Path, target: Target, inputs: np.ndarray,
+                   prepared: prepare.PreparedGraph | None = None) -> dict[str, Any]:
+    """The gate's firmware record: the executor (on `prepared` when given) vs the emitted C on the
+    target's emulated core."""
     oracle = QemuOracle(int8_tflite, target)
-    pg = prepare.prepare(oracle.graph, target.rounding)
+    pg = prepare.prepare(oracle.graph, target.rounding) if prepared is None else prepared
     xs = np.asarray(inputs).reshape((-1, *oracle.graph.input.shape))
     ours = execute.run(pg, xs).outputs
     theirs = oracle.run(xs)
