@@ -64,7 +64,8 @@ def exp_on_negative_values_q5(a: int) -> int:
     amq = (a & (quarter - 1)) - quarter
     result = _exp_interval(_mul_pot(amq, 5))
     rem = amq - a
-    for k, m in zip(range(-2, 5), (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)):
+    for k, m in zip(range(-2, 5), (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242),
+                    strict=True):
         if rem & (1 << (26 + k)):
             result = srdhm(result, m)
     return INT32_MAX if a == 0 else result

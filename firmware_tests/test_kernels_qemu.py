@@ -2,9 +2,9 @@
 
 Random vectors (fixed seed) plus rounding edge cases are generated here, batched into one
 record stream, and run through ONE image per rounding flavour (double rounding, and
--DQA_SINGLE_ROUNDING=1). Expected outputs come from toolchain.execute (the numpy executor
-the certificate is computed against) where it implements the op with TFLM's recipe, and from
-firmware_tests/ref_int8.py otherwise (single-rounding SOFTMAX); PAD, CONCATENATION and tables
+-DQA_SINGLE_ROUNDING=1). Expected outputs come from the op kernels in toolchain/ops (what the
+numpy executor the certificate is computed against runs) where it implements the op with TFLM's
+recipe, and from firmware_tests/ref_int8.py otherwise (single-rounding SOFTMAX); PAD, CONCATENATION and tables
 against numpy directly.
 """
 
@@ -17,9 +17,17 @@ import pytest
 
 from firmware_tests import harness, ref_int8
 from firmware_tests.harness import Payload
-from toolchain.execute import arith
-from toolchain.execute import fixedpoint as fp
-from toolchain.execute import kernels as K
+from toolchain import arith
+from toolchain.ops import add as add_op
+from toolchain.ops import conv as conv_op
+from toolchain.ops import fully_connected as fc_op
+from toolchain.ops import lookup_table as lut_op
+from toolchain.ops import mul as mul_op
+from toolchain.ops import pooling as pool_op
+from toolchain.ops import quantize as quantize_op
+from toolchain.ops import reduce as reduce_op
+from toolchain.ops import softmax as softmax_op
+from toolchain.ops.common import Requant
 from toolchain.tflite import ir
 from toolchain.tflite import prepare as P
 
@@ -50,7 +58,7 @@ def _act(rng, zp):
 
 def _multipliers(rng, n, lo=-14, hi=-4):
     reals = np.exp2(rng.uniform(lo, hi, size=n))
-    ms, ss = zip(*(arith.quantize_multiplier(float(r)) for r in reals))
+    ms, ss = zip(*(arith.quantize_multiplier(float(r)) for r in reals), strict=True)
     return np.array(ms, dtype=np.int64), np.array(ss, dtype=np.int64)
 
 
@@ -104,8 +112,8 @@ def primitive_cases(rng):
     extra = [(1 << 30, 0, v) for v in (1, -1, 3, -3, 5, -5)]              # x/2 ties
     extra += [(1 << 30, -1, v) for v in (2, -2, 6, -6, 10, -10)]          # x/4 ties
     extra += [(1 << 30, -20, v * (1 << 20)) for v in (1, -1, 3, -3)]     # deep right shift
-    extra += [(I32_MAX, 0, I32_MIN), (I32_MAX, 0, I32_MAX), (1 << 30, 1, I32_MIN // 2), (I32_MAX, -31, I32_MAX),
-              (I32_MAX, 30, 1), (I32_MAX, 30, -1), (1 << 30, -31, I32_MIN)]
+    extra += [(I32_MAX, 0, I32_MIN), (I32_MAX, 0, I32_MAX), (1 << 30, 1, I32_MIN // 2),
+              (I32_MAX, -31, I32_MAX), (I32_MAX, 30, 1), (I32_MAX, 30, -1), (1 << 30, -31, I32_MIN)]
     m = np.concatenate([m, [t[0] for t in extra]]).astype(np.int64)
     shift = np.concatenate([shift, [t[1] for t in extra]]).astype(np.int64)
     x = np.concatenate([x, [t[2] for t in extra]]).astype(np.int64)
@@ -125,13 +133,14 @@ def fc_cases(rng, n=40):
         w = rng.integers(-127, 128, size=(n_out, n_in))
         bias = rng.integers(-5000, 5000, size=n_out) if i % 3 else np.zeros(n_out, dtype=np.int64)
         x = _i8(rng, (batches, n_in))
-        p = P.FullyConnected(-zp_in, w, bias, P.Requant(mult, shift, zp_out, lo, hi), per_channel)
+        p = fc_op.FullyConnected(-zp_in, w, bias, Requant(mult, shift, zp_out, lo, hi), per_channel)
         pl = (Payload(OP["fc"]).i32(-zp_in, 0, zp_out, lo, hi, batches, n_in, n_out, int(per_channel))
               .i32s(mult).i32s(shift).i32(int(i % 3 != 0)))
         if i % 3:
             pl.i32s(bias)
         pl.i8s(w).i8s(x)
-        out.append((pl, _both(lambda r, p=p, x=x, b=batches, o=n_out: K.fully_connected(x[None], p, (b, o), r))))
+        out.append((pl, _both(lambda r, p=p, x=x, b=batches, o=n_out:
+                              fc_op.fully_connected(x[None], p, (b, o), r))))
     return out
 
 
@@ -168,22 +177,25 @@ def conv_cases(rng, depthwise: bool, n=30):
         has_bias = i % 3 != 0
         bias = rng.integers(-20000, 20000, size=cout) if has_bias else np.zeros(cout, dtype=np.int64)
         x = _i8(rng, (nb, 1, h, w, cin))
-        p = P.Conv(depthwise, -zp_in, wt, bias, P.Requant(mult, shift, zp_out, lo, hi), (sh, sw), (dh, dw),
+        p = conv_op.Conv(depthwise, -zp_in, wt, bias, Requant(mult, shift, zp_out, lo, hi), (sh, sw),
+                         (dh, dw),
                    (ph, pw), (oh, ow), mult_d, True)
-        pl = Payload(OP["dwconv" if depthwise else "conv"]).i32(-zp_in, zp_out, lo, hi, sh, sw, dh, dw, ph, pw)
-        pl.i32(mult_d if depthwise else cin, nb, h, w, cin, kh, kw, oh, ow, cout)  # depth multiplier | filter_c
+        pl = Payload(OP["dwconv" if depthwise else "conv"])
+        pl.i32(-zp_in, zp_out, lo, hi, sh, sw, dh, dw, ph, pw)
+        pl.i32(mult_d if depthwise else cin, nb, h, w, cin, kh, kw, oh, ow, cout)  # depth mult. | filter_c
         pl.i32s(mult).i32s(shift).i32(int(has_bias))
         if has_bias:
             pl.i32s(bias)
         pl.i8s(wt).i8s(x)
-        out.append((pl, _both(lambda r, p=p, x=x: K.conv(x, p, r))))
+        out.append((pl, _both(lambda r, p=p, x=x: conv_op.conv(x, p, r))))
     return out
 
 
 def pool_cases(rng, average: bool, n=30):
     out = []
     for i in range(n):
-        nb, h, w, c = int(rng.integers(1, 3)), int(rng.integers(2, 9)), int(rng.integers(2, 9)), int(rng.integers(1, 5))
+        nb, h, w = int(rng.integers(1, 3)), int(rng.integers(2, 9)), int(rng.integers(2, 9))
+        c = int(rng.integers(1, 5))
         fh, fw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
         sh, sw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
         if i % 2:
@@ -198,10 +210,11 @@ def pool_cases(rng, average: bool, n=30):
         x = _i8(rng, (nb, 1, h, w, c))
         if i % 7 == 0:  # many exact .5 averages: two-element windows of odd sums
             x = rng.choice([-3, -1, 0, 1, 3], size=x.shape)
-        p = P.Pool(average, (fh, fw), (sh, sw), (ph, pw), (oh, ow), lo, hi)
-        pl = Payload(OP["avgpool" if average else "maxpool"]).i32(sh, sw, fh, fw, ph, pw, lo, hi, nb, h, w, c, oh, ow)
+        p = pool_op.Pool(average, (fh, fw), (sh, sw), (ph, pw), (oh, ow), lo, hi)
+        pl = Payload(OP["avgpool" if average else "maxpool"])
+        pl.i32(sh, sw, fh, fw, ph, pw, lo, hi, nb, h, w, c, oh, ow)
         pl.i8s(x)
-        out.append((pl, _both(lambda r, p=p, x=x: K.pool(x, p))))
+        out.append((pl, _both(lambda r, p=p, x=x: pool_op.pool(x, p))))
     return out
 
 
@@ -221,14 +234,15 @@ def _elementwise_cases(rng, n, make):
 
 def add_cases(rng, n=30):
     def make(i, s1, s2, z1, z2, zo):
-        so = max(s1, s2) * math.exp(rng.uniform(-0.5, 2.0) if i % 4 else rng.uniform(-3.0, -1.5))  # some saturate
+        # some saturate
+        so = max(s1, s2) * math.exp(rng.uniform(-0.5, 2.0) if i % 4 else rng.uniform(-3.0, -1.5))
         twice = 2 * max(s1, s2)
         m1, e1 = arith.quantize_multiplier(s1 / twice)
         m2, e2 = arith.quantize_multiplier(s2 / twice)
         mo, eo = arith.quantize_multiplier(twice / ((1 << 20) * so))
         lo, hi = _act(rng, zo)
         pl = Payload(OP["add"]).i32(-z1, -z2, zo, 20, m1, e1, m2, e2, mo, eo, lo, hi)
-        return P.Add(20, -z1, -z2, m1, e1, m2, e2, mo, eo, zo, lo, hi), pl, K.add
+        return add_op.Add(20, -z1, -z2, m1, e1, m2, e2, mo, eo, zo, lo, hi), pl, add_op.add
 
     return _elementwise_cases(rng, n, make)
 
@@ -239,7 +253,7 @@ def mul_cases(rng, n=30):
         mo, eo = arith.quantize_multiplier(s1 * s2 / so)
         lo, hi = _act(rng, zo)
         pl = Payload(OP["mul"]).i32(-z1, -z2, zo, mo, eo, lo, hi)
-        return P.Mul(-z1, -z2, mo, eo, zo, lo, hi), pl, K.mul
+        return mul_op.Mul(-z1, -z2, mo, eo, zo, lo, hi), pl, mul_op.mul
 
     return _elementwise_cases(rng, n, make)
 
@@ -252,7 +266,7 @@ def pad_cases(rng, n=15):
         after = [int(v) for v in rng.integers(0, 3, size=4)]
         pv = int(rng.integers(-128, 128))
         x = _i8(rng, dims)
-        exp = np.pad(x, list(zip(before, after)), constant_values=pv)
+        exp = np.pad(x, list(zip(before, after, strict=True)), constant_values=pv)
         pl = Payload(OP["pad"]).i32(*dims).i32(*before).i32(*after).i32(pv).i8s(x)
         out.append((pl, _both(lambda r, e=exp: e)))
     return out
@@ -294,45 +308,50 @@ def _scales(rng, i):
 
 
 def mean_cases(rng, n=40):
-    """MEAN over random axes of rank-4 tensors, against toolchain.execute.kernels.mean with the
+    """MEAN over random axes of rank-4 tensors, against toolchain.ops.reduce.mean with the
     prepared record (reduce.h QuantizedMeanOrSum: one MBQM with 1/count folded in)."""
     out = []
     for i in range(n):
         dims = [int(rng.integers(1, 3))] + [int(v) for v in rng.integers(1, 8, size=3)]
-        axes = (1, 2) if i % 3 == 0 else tuple(sorted({int(a) for a in rng.choice(4, size=int(rng.integers(1, 4)))}))
+        if i % 3 == 0:
+            axes = (1, 2)
+        else:
+            axes = tuple(sorted({int(a) for a in rng.choice(4, size=int(rng.integers(1, 4)))}))
         si, zi, so, zo = _scales(rng, i)
         out_shape = tuple(1 if a in axes else d for a, d in enumerate(dims))
-        p = _prepared("MEAN", dims, out_shape, si, zi, so, zo, np.array(axes, np.int32), ir.ReducerOptions(True))
+        p = _prepared("MEAN", dims, out_shape, si, zi, so, zo, np.array(axes, np.int32),
+                      ir.ReducerOptions(True))
         x = _i8(rng, dims)
         if i % 7 == 0:
             x[:] = rng.choice([-128, 127])  # saturating sums
         reduced = [int(a in p.axes) for a in range(4)]
-        pl = Payload(OP["mean"]).i32(*dims).i32(*reduced).i32(p.input_zero_point, p.count, p.multiplier, p.shift,
-                                                                p.output_offset).i8s(x)
-        out.append((pl, _both(lambda r, p=p, x=x, o=out_shape: K.mean(x[None], p, o, r))))
+        pl = Payload(OP["mean"]).i32(*dims).i32(*reduced)
+        pl.i32(p.input_zero_point, p.count, p.multiplier, p.shift, p.output_offset).i8s(x)
+        out.append((pl, _both(lambda r, p=p, x=x, o=out_shape: reduce_op.mean(x[None], p, o, r))))
     return out
 
 
 def requantize_cases(rng, n=20):
-    """QUANTIZE int8 -> int8 (reference_ops::Requantize) against toolchain.execute.kernels.requantize."""
+    """QUANTIZE int8 -> int8 (reference_ops::Requantize) against toolchain.ops.quantize.requantize."""
     out = []
     for i in range(n):
         size = int(rng.integers(1, 300))
         si, zi, so, zo = _scales(rng, i)
         p = _prepared("QUANTIZE", (size,), (size,), si, zi, so, zo)
         x = _i8(rng, size)
-        pl = Payload(OP["requantize"]).i32(p.input_zero_point, p.zero_point, p.multiplier, p.shift, size).i8s(x)
-        out.append((pl, _both(lambda r, p=p, x=x: K.requantize(x, p, r))))
+        pl = Payload(OP["requantize"])
+        pl.i32(p.input_zero_point, p.zero_point, p.multiplier, p.shift, size).i8s(x)
+        out.append((pl, _both(lambda r, p=p, x=x: quantize_op.requantize(x, p, r))))
     return out
 
 
 def lut_cases(rng, n=4):
-    """Random tables, plus TFLM LOGISTIC / TANH tables from toolchain.execute.fixedpoint."""
+    """Random tables, plus TFLM LOGISTIC / TANH tables from toolchain.ops.lookup_table."""
     tables = [_i8(rng, 256) for _ in range(n)]
     for _ in range(3):
         scale, zp = float(np.float32(math.exp(rng.uniform(-5, -1)))), int(rng.integers(-128, 128))
-        tables.append(fp.logistic_table(fp.logistic_params(scale, zp)).astype(np.int64))
-        tables.append(fp.tanh_table(fp.tanh_params(scale, zp)).astype(np.int64))
+        tables.append(lut_op.logistic_table(lut_op.activation_params(scale, zp)).astype(np.int64))
+        tables.append(lut_op.tanh_table(lut_op.activation_params(scale, zp)).astype(np.int64))
     out = []
     for table in tables:
         x = np.concatenate([np.arange(-128, 128), _i8(rng, 100)])
@@ -342,22 +361,23 @@ def lut_cases(rng, n=4):
 
 
 def softmax_cases(rng, n=25):
-    """Double rounding: toolchain.execute.fixedpoint.softmax_int8 (checked against tflite-micro by
+    """Double rounding: toolchain.ops.softmax.softmax_int8 (checked against tflite-micro by
     tests/test_fixedpoint.py). Single rounding: ref_int8.softmax_tflm (TFLITE_SINGLE_ROUNDING's
     MultiplyByQuantizedMultiplierGreaterThanOne); rows on which TFLM aborts are not generated."""
     out = []
     for i in range(n):
         rows, depth = int(rng.integers(1, 5)), int(rng.integers(1, 20))
         s_in = float(np.float32(math.exp(rng.uniform(-5, 0.5))))
-        p = fp.softmax_params(s_in)
+        p = softmax_op.softmax_params(s_in)
         x = _i8(rng, (rows, depth)).astype(np.int8)
         if i % 5 == 0:
             x[:, :] = x[:, :1]  # all equal: ties everywhere
-        if fp.softmax_int8_aborts(x, p).any():
+        if softmax_op.softmax_int8_aborts(x, p).any():
             continue
-        pl = Payload(OP["softmax"]).i32(rows, depth, p.input_multiplier, p.input_left_shift, p.diff_min).i8s(x)
+        pl = Payload(OP["softmax"])
+        pl.i32(rows, depth, p.input_multiplier, p.input_left_shift, p.diff_min).i8s(x)
         single = ref_int8.softmax_tflm(x, p.input_multiplier, p.input_left_shift, p.diff_min, True)
-        out.append((pl, {"double": fp.softmax_int8(x, p), "single": single}))
+        out.append((pl, {"double": softmax_op.softmax_int8(x, p), "single": single}))
     return out
 
 
@@ -390,18 +410,20 @@ def qemu_results(firmware_toolchain, tmp_path_factory):
     results = {}
     for rounding in ROUNDINGS:
         defines = ("QA_SINGLE_ROUNDING=1",) if rounding == "single" else ()
-        elf = harness.build_image([harness.RUNNER_C], tmp_path_factory.mktemp(f"fw_{rounding}"), "kernel_runner",
-                                  defines)
+        elf = harness.build_image([harness.RUNNER_C], tmp_path_factory.mktemp(f"fw_{rounding}"),
+                                  "kernel_runner", defines)
         run = harness.run_image(elf, stream)
         assert len(run.outputs) == len(order), "image returned a different number of records"
         per_kernel: dict[str, list] = {k: [] for k in KERNELS}
         for (kernel, (pl, expected)), (op, raw) in zip(order, run.outputs, strict=True):
             assert op == pl.op
             dtype = "<i4" if kernel in ("srdhm", "rdbpot", "mbqm") else np.int8
-            per_kernel[kernel].append((np.frombuffer(raw, dtype=dtype), np.asarray(expected[rounding]).reshape(-1)))
+            want = np.asarray(expected[rounding]).reshape(-1)
+            per_kernel[kernel].append((np.frombuffer(raw, dtype=dtype), want))
         results[rounding] = {"kernels": per_kernel, "seconds": run.seconds, "records": len(order),
                              "size": harness.size_of(elf)}
-        print(f"\n[{rounding}] {len(order)} records in one QEMU run: {run.seconds:.2f} s\n{results[rounding]['size']}")
+        print(f"\n[{rounding}] {len(order)} records in one QEMU run: {run.seconds:.2f} s\n"
+              f"{results[rounding]['size']}")
     return results
 
 
@@ -414,22 +436,22 @@ def test_kernel_bit_exact(qemu_results, kernel, rounding):
     for i, (got, expected) in enumerate(pairs):
         assert got.shape == expected.shape, f"{kernel} case {i}: shape {got.shape} != {expected.shape}"
         bad = np.flatnonzero(got.astype(np.int64) != expected.astype(np.int64))
-        assert bad.size == 0, (f"{kernel} case {i} ({rounding}): {bad.size} of {got.size} differ, first at {bad[0]}: "
-                               f"device {got[bad[0]]} vs reference {expected[bad[0]]}")
+        assert bad.size == 0, (f"{kernel} case {i} ({rounding}): {bad.size} of {got.size} differ, "
+                               f"first at {bad[0]}: device {got[bad[0]]} vs reference {expected[bad[0]]}")
         n_values += got.size
     print(f"{kernel}/{rounding}: {len(pairs)} cases, {n_values} values bit-exact")
 
 
 def test_softmax_reference_matches_executor():
-    """ref_int8.softmax_tflm (used for single rounding) agrees with toolchain.execute's
+    """ref_int8.softmax_tflm (used for single rounding) agrees with toolchain.ops.softmax's
     TFLM-verified softmax_int8 in the double-rounding build."""
     rng = np.random.default_rng(5)
     for _ in range(40):
-        p = fp.softmax_params(float(np.float32(math.exp(rng.uniform(-5, 0.5)))))
+        p = softmax_op.softmax_params(float(np.float32(math.exp(rng.uniform(-5, 0.5)))))
         x = _i8(rng, (3, int(rng.integers(1, 16)))).astype(np.int8)
-        if fp.softmax_int8_aborts(x, p).any():
+        if softmax_op.softmax_int8_aborts(x, p).any():
             continue
-        want = fp.softmax_int8(x, p)
+        want = softmax_op.softmax_int8(x, p)
         got = ref_int8.softmax_tflm(x, p.input_multiplier, p.input_left_shift, p.diff_min, False)
         np.testing.assert_array_equal(got, want)
 

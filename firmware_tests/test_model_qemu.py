@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from tests import zoo as zoo_module
 from toolchain import execute
+from toolchain.arith import Rounding
 from toolchain.bitexact import random_inputs
 from toolchain.cli.main import app
-from toolchain.emit import c_model
+from toolchain.emit import c_codegen, firmware, qemu
 from toolchain.errors import ModelError
 from toolchain.oracle import TflmOracle
 from toolchain.targets import load_target
@@ -59,9 +60,9 @@ def _exact(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], n: int) -> np.n
     return same
 
 
-def _run_case(path: Path, target_name: str, n: int, seed: int, rounding: str | None = None):
+def _run_case(path: Path, target_name: str, n: int, seed: int, rounding: Rounding | None = None):
     target = load_target(target_name)
-    oracle = c_model.QemuOracle(path, target, rounding=rounding)
+    oracle = qemu.QemuOracle(path, target, rounding=rounding)
     xs = random_inputs(oracle.graph, n, seed)
     device = oracle.run(xs)
     ours = execute.run(prepare.prepare(oracle.graph, rounding or target.rounding), xs).outputs
@@ -87,7 +88,8 @@ def test_model_on_m4_matches_executor_and_tflm(firmware_toolchain, zoo, shared_d
 
 def test_single_rounding_build_matches_executor(firmware_toolchain, zoo) -> None:
     """-DQA_SINGLE_ROUNDING=1 images vs the executor prepared for single rounding (cnn_residual has MEAN, ADD,
-    MUL, PAD, CONCATENATION, tables; mlp_softmax SOFTMAX), and they do differ from double rounding somewhere."""
+    MUL, PAD, CONCATENATION, tables; mlp_softmax SOFTMAX), and they do differ from double rounding
+    somewhere."""
     n, differs_from_double = 64, 0
     for name in ("mlp_fused", "cnn_residual", "mlp_softmax"):
         oracle, xs, device, ours = _run_case(zoo[name].int8_tflite, "cortex-m4-single-rounding", n, seed=11)
@@ -115,14 +117,14 @@ def test_other_cores_boot_and_match(firmware_toolchain, zoo, shared_dir, target_
 def test_compile_only_for_other_cores(firmware_toolchain, zoo, tmp_path, target_name: str) -> None:
     """model.c + kernels compile warning-free (-Werror) to objects for the core, without a board."""
     target = load_target(target_name)
-    res = c_model.emit_c(zoo["cnn_residual"].int8_tflite, tmp_path, target, build=False)
-    size = c_model.compile_only(res.out_dir, target, target.rounding)
+    res = c_codegen.emit_c(zoo["cnn_residual"].int8_tflite, tmp_path, target, build=False)
+    size = firmware.compile_only(res.out_dir, target, target.rounding)
     print(f"\n{target_name} objects: {size.line()}")
     assert size.text > 0 and size.fits
 
 
 def test_emitted_c_is_standalone(zoo, tmp_path) -> None:
-    res = c_model.emit_c(zoo["cnn_residual"].int8_tflite, tmp_path, load_target("cortex-m4"), build=False)
+    res = c_codegen.emit_c(zoo["cnn_residual"].int8_tflite, tmp_path, load_target("cortex-m4"), build=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(res.files)
     src = (tmp_path / "model.c").read_text()
     header = (tmp_path / "model.h").read_text()
@@ -130,27 +132,28 @@ def test_emitted_c_is_standalone(zoo, tmp_path) -> None:
     assert "int model_invoke(const int8_t *in, int8_t *out);" in header
     assert "#define QA_MODEL_INPUT_SIZE 256" in header and "#define QA_MODEL_SINGLE_ROUNDING 0" in header
     # the same bytes every time (the artifact hashes them)
-    again = c_model.emit_c(zoo["cnn_residual"].int8_tflite, tmp_path / "again", load_target("cortex-m4"),
+    again = c_codegen.emit_c(zoo["cnn_residual"].int8_tflite, tmp_path / "again", load_target("cortex-m4"),
                            build=False)
     assert (again.out_dir / "model.c").read_bytes() == src.encode()
 
 
 def test_rounding_mismatch_does_not_build(firmware_toolchain, zoo, tmp_path) -> None:
     """A double-rounding model.c linked with single-rounding kernels fails (compile #error / link guard)."""
-    res = c_model.emit_c(zoo["mlp_fused"].int8_tflite, tmp_path, load_target("cortex-m4"), build=False)
-    flags = [*c_model.cpu_flags(load_target("cortex-m4")), *c_model.COMMON_FLAGS]
-    wrong = subprocess.run([c_model.CC, *flags, "-DQA_SINGLE_ROUNDING=1", f"-I{tmp_path}", "-c",
-                            str(tmp_path / "model.c"), "-o", str(tmp_path / "m.o")], capture_output=True, text=True)
+    c_codegen.emit_c(zoo["mlp_fused"].int8_tflite, tmp_path, load_target("cortex-m4"), build=False)
+    flags = [*firmware.cpu_flags(load_target("cortex-m4")), *firmware.COMMON_FLAGS]
+    wrong = subprocess.run([firmware.CC, *flags, "-DQA_SINGLE_ROUNDING=1", f"-I{tmp_path}", "-c",
+                            str(tmp_path / "model.c"), "-o", str(tmp_path / "m.o")],
+                           capture_output=True, text=True)
     assert wrong.returncode != 0 and "QA_SINGLE_ROUNDING=0" in wrong.stderr
     objs = []
     for f, d in (("model.c", "0"), ("qassure_kernels.c", "1")):
         obj = tmp_path / f"{f}.o"
-        subprocess.run([c_model.CC, *flags, f"-DQA_SINGLE_ROUNDING={d}", f"-I{tmp_path}", "-c", str(tmp_path / f),
-                        "-o", str(obj)], check=True)
+        subprocess.run([firmware.CC, *flags, f"-DQA_SINGLE_ROUNDING={d}", f"-I{tmp_path}", "-c",
+                        str(tmp_path / f), "-o", str(obj)], check=True)
         objs.append(str(obj))
-    (tmp_path / "board.ld").write_text(c_model.linker_script(c_model.BOARDS["mps2-an386"]))
-    runtime = [str(c_model.RUNTIME_DIR / f) for f in c_model.BOARD_SOURCES]
-    link = subprocess.run([c_model.CC, *flags, f"-I{tmp_path}", f"-I{c_model.RUNTIME_DIR}", *objs, *runtime,
+    (tmp_path / "board.ld").write_text(firmware.linker_script(firmware.BOARDS["mps2-an386"]))
+    runtime = [str(firmware.RUNTIME_DIR / f) for f in firmware.BOARD_SOURCES]
+    link = subprocess.run([firmware.CC, *flags, f"-I{tmp_path}", f"-I{firmware.RUNTIME_DIR}", *objs, *runtime,
                            "--specs=nosys.specs", "-nostartfiles", f"-T{tmp_path / 'board.ld'}",
                            "-o", str(tmp_path / "bad.elf")], capture_output=True, text=True)
     assert link.returncode != 0 and "qa_kernels_double_rounding" in link.stderr
@@ -158,7 +161,7 @@ def test_rounding_mismatch_does_not_build(firmware_toolchain, zoo, tmp_path) -> 
 
 def test_float_input_graph_is_refused(zoo, tmp_path) -> None:
     with pytest.raises(ModelError, match="int8 input"):
-        c_model.emit_c(zoo["mlp_fused"].float_tflite, tmp_path, load_target("cortex-m4"))
+        c_codegen.emit_c(zoo["mlp_fused"].float_tflite, tmp_path, load_target("cortex-m4"))
 
 
 def test_cli_emit_c_and_check_bitexact_against_qemu(firmware_toolchain, zoo, tmp_path) -> None:
@@ -178,4 +181,4 @@ def test_esp32_has_no_board(zoo) -> None:
     from toolchain.errors import QassureError
 
     with pytest.raises(QassureError, match="no emulated board"):
-        c_model.QemuOracle(zoo["mlp_fused"].int8_tflite, load_target("esp32-s3"))
+        qemu.QemuOracle(zoo["mlp_fused"].int8_tflite, load_target("esp32-s3"))

@@ -1,4 +1,6 @@
-"""Rounding primitives of toolchain/execute/arith.py on hand-worked integer cases, plus properties.
+"""Rounding primitives of toolchain/arith.py (qassure's one integer arithmetic: the executor, the
+fixed-point recipes, the merge and the emitted C's constants all use it) on hand-worked integer
+cases, plus properties.
 
 Values are worked out by hand from gemmlowp / TFLM common.h; comments show the arithmetic.
 """
@@ -12,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolchain.execute.arith import (
+from toolchain.arith import (
     INT32_MAX,
     INT32_MIN,
+    Rounding,
     effective_scale,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
@@ -35,7 +38,7 @@ def rdbpot(x: int, e: int) -> int:
     return int(rounding_divide_by_pot(np.int64(x), e))
 
 
-def mbqm(x: int, m: int, shift: int, rounding: str = "double") -> int:
+def mbqm(x: int, m: int, shift: int, rounding: Rounding = "double") -> int:
     return int(multiply_by_quantized_multiplier(np.int64(x), m, shift, rounding))
 
 
@@ -114,7 +117,7 @@ def test_multiply_by_quantized_multiplier(x: int, m: int, shift: int, double: in
         (3.0, "single", (3 << 29, 2)),
     ],
 )
-def test_quantize_multiplier(real: float, rounding: str, want: tuple[int, int]) -> None:
+def test_quantize_multiplier(real: float, rounding: Rounding, want: tuple[int, int]) -> None:
     assert quantize_multiplier(real, rounding) == want
 
 
@@ -168,7 +171,7 @@ def test_double_rounding_matches_c_transcription(case) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(_mbqm_case(max_shift=30), st.sampled_from(["double", "single"]))
-def test_mbqm_error_within_requant_error_bound(case, rounding: str) -> None:
+def test_mbqm_error_within_requant_error_bound(case, rounding: Rounding) -> None:
     x, m, shift = case
     exact = Fraction(x * m) * Fraction(2) ** (shift - 31)
     err = abs(Fraction(mbqm(x, m, shift, rounding)) - exact)
@@ -180,3 +183,27 @@ def test_vectorised_over_arrays() -> None:
     shifts = np.array([-1, -1, -1, -1, -10, -10])
     got = multiply_by_quantized_multiplier(x, HALF, shifts)
     assert got.tolist() == [_ref_double(int(a), HALF, int(s)) for a, s in zip(x, shifts, strict=True)]
+
+
+def test_srdhm_random_against_exact_integers() -> None:
+    """floor((a*b + 2^30) / 2^31) on whole int32 arrays, saturating only INT32_MIN * INT32_MIN."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(INT32_MIN, INT32_MAX, 4000, endpoint=True)
+    b = rng.integers(INT32_MIN, INT32_MAX, 4000, endpoint=True)
+    a[:5] = [INT32_MIN, INT32_MIN, INT32_MAX, 0, -1]
+    b[:5] = [INT32_MIN, INT32_MAX, INT32_MIN, INT32_MIN, INT32_MIN]
+    want = [INT32_MAX if x == y == INT32_MIN else (int(x) * int(y) + (1 << 30)) >> 31
+            for x, y in zip(a, b, strict=True)]
+    assert saturating_rounding_doubling_high_mul(a, b).tolist() == want
+
+
+def test_rounding_divide_by_pot_broadcasts_exponents() -> None:
+    """Per-element exponents (the softmax's per-row exponent) against exact integers: round |x| / 2^k
+    half up, then restore the sign (= ties away from zero)."""
+    assert rounding_divide_by_pot(np.array([[8], [8]]), np.array([[2], [3]])).tolist() == [[2], [1]]
+    rng = np.random.default_rng(1)
+    v = rng.integers(INT32_MIN, INT32_MAX, 2000, endpoint=True)
+    e = rng.integers(0, 32, 2000)
+    want = [(1 if x >= 0 else -1) * ((abs(int(x)) + ((1 << int(k)) >> 1)) >> int(k))
+            for x, k in zip(v, e, strict=True)]
+    assert rounding_divide_by_pot(v, e).tolist() == want

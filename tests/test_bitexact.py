@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import zoo as zoo_module
+
 from toolchain.bitexact import check_bitexact, random_inputs
 from toolchain.targets import load_target
 from toolchain.tflite import reader
@@ -42,6 +42,7 @@ def test_zoo_bitexact_on_calibration_data(zoo: dict, m4, name: str) -> None:
     """Realistic inputs too: the calibration samples, quantized as the model's input says."""
     m = zoo[name]
     graph = reader.read_model(m.int8_tflite)
+    assert graph.input.quant is not None
     scale, zp = graph.input.quant.scalar()
     rep = np.load(m.representative)[:32]
     xs = np.clip(np.round(rep / scale) + zp, -128, 127).astype(np.int8).reshape((-1, *graph.input.shape))
@@ -85,6 +86,8 @@ def test_single_rounding_target_differs_from_tflm_double_rounding(zoo: dict) -> 
 
 def test_first_differing_op_is_named(zoo: dict, m4, monkeypatch) -> None:
     """A deliberately wrong executor (one multiplier off) is caught and located."""
+    from toolchain.ops.common import Requant
+    from toolchain.ops.fully_connected import FullyConnected
     from toolchain.tflite import prepare as P
 
     real = P.prepare
@@ -93,11 +96,11 @@ def test_first_differing_op_is_named(zoo: dict, m4, monkeypatch) -> None:
         pg = real(graph, rounding)
         ops = list(pg.ops)
         for i, p in enumerate(ops):
-            if isinstance(p, P.FullyConnected):
+            if isinstance(p, FullyConnected):
                 rq = p.requant
-                ops[i] = P.FullyConnected(p.input_offset, p.weights, p.bias,
-                                          P.Requant(rq.multiplier + (1 << 26), rq.shift, rq.output_offset,
-                                                    rq.act_min, rq.act_max), p.per_channel)
+                ops[i] = FullyConnected(p.input_offset, p.weights, p.bias,
+                                        Requant(rq.multiplier + (1 << 26), rq.shift, rq.output_offset,
+                                                rq.act_min, rq.act_max), p.per_channel)
                 break
         return P.PreparedGraph(pg.graph, tuple(ops), pg.rounding)
 
@@ -116,10 +119,31 @@ def test_float_io_model_quantize_and_dequantize_ops_bitexact(tmp_path: Path, m4)
     from toolchain.quantize import quantize_keras_model, sample_region
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3)])
     res = quantize_keras_model(model, sample_region(np.full(6, -1.0), np.full(6, 1.0), 64, 0), tmp_path,
                                int8_io=False)
     ops = [op.opcode for op in reader.read_model(res.int8_tflite).operators]
     assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"
     report = check_bitexact(res.int8_tflite, m4, samples=200, seed=4)
     assert report.exact == report.samples == 200
+
+
+def test_prepared_graph_is_used_as_given(zoo: dict, m4) -> None:
+    """check_bitexact(prepared=...) runs the executor on that very prepared graph (the gate
+    prepares once): a skewed multiplier in it is caught, the plain file is not."""
+    from toolchain.ops.common import Requant
+    from toolchain.ops.fully_connected import FullyConnected
+    from toolchain.tflite import prepare as P
+
+    path = zoo["mlp_fused"].int8_tflite
+    pg = P.prepare(reader.read_model(path), m4.rounding)
+    assert check_bitexact(path, m4, samples=8, prepared=pg).ok
+    p = pg.ops[0]
+    assert isinstance(p, FullyConnected)
+    rq = p.requant
+    off = Requant(rq.multiplier + (1 << 26), rq.shift, rq.output_offset, rq.act_min, rq.act_max)
+    bad = FullyConnected(p.input_offset, p.weights, p.bias, off, p.per_channel)
+    skewed = P.PreparedGraph(pg.graph, (bad, *pg.ops[1:]), pg.rounding)
+    r = check_bitexact(path, m4, samples=8, prepared=skewed)
+    assert not r.ok and r.first_difference is not None and r.first_difference.op_index == 0

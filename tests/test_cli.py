@@ -105,19 +105,12 @@ def test_check_bitexact_mismatch_names_op_and_exits_1(zoo: dict) -> None:
     assert any("LSB" in line for line in lines)
 
 
-def test_check_bitexact_against_qemu_without_firmware_module(int8_model: Path, monkeypatch) -> None:
-    import importlib
+def test_check_bitexact_against_qemu_without_firmware_tools(int8_model: Path, monkeypatch) -> None:
+    from toolchain.emit import firmware
 
-    real = importlib.import_module
-
-    def fake(name, *a, **k):
-        if name == "toolchain.emit.c_model":
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", fake)
+    monkeypatch.setattr(firmware, "missing_tools", lambda: ["qemu-system-arm"])
     res = run("check-bitexact", int8_model, "--against", "qemu", "--samples", "2")
-    assert_one_line_error(res, "qemu", "toolchain.emit.c_model")
+    assert_one_line_error(res, "--against qemu", "qemu-system-arm")
 
 
 # --------------------------------------------------------------------------------------------- bad input

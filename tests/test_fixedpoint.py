@@ -1,5 +1,7 @@
-"""toolchain.execute.fixedpoint: hand-worked gemmlowp primitives and bit-exact oracle checks
-against the tflite-micro interpreter for int8 SOFTMAX / LOGISTIC / TANH."""
+"""toolchain.fixedpoint (gemmlowp fixed point, on toolchain.arith's primitives): hand-worked cases,
+and the int8 SOFTMAX / LOGISTIC / TANH recipes built on it (toolchain/ops/softmax.py,
+lookup_table.py) checked bit-exact against the tflite-micro interpreter. The integer primitives
+themselves (SRDHM, RoundingDivideByPOT, MBQM, QuantizeMultiplier) are tested in test_arith.py."""
 
 from __future__ import annotations
 
@@ -9,66 +11,13 @@ import os
 import numpy as np
 import pytest
 
-from toolchain.execute import fixedpoint as fp
-
-IMIN, IMAX = fp.INT32_MIN, fp.INT32_MAX
-
+from toolchain import fixedpoint as fp
+from toolchain.arith import INT32_MAX as IMAX
+from toolchain.arith import INT32_MIN as IMIN
+from toolchain.ops import lookup_table as lut
+from toolchain.ops import softmax as sm
 
 # ----------------------------------------------------------------------------- primitives
-
-def _srdhm_ref(a: int, b: int) -> int:
-    """Exact-integer restatement of gemmlowp's SRDHM: floor((a*b + 2^30) / 2^31), i.e. ties round
-    *up* (toward +inf: the negative nudge is 1 - 2^30 under truncating division), saturated."""
-    if a == b == IMIN:
-        return IMAX
-    return (a * b + (1 << 30)) >> 31
-
-
-def test_srdhm_hand_cases():
-    cases = [
-        (IMIN, IMIN, IMAX),                 # the only saturating case
-        (IMIN, IMAX, -IMAX),                # -2^31 * (2^31-1) / 2^31 = -(2^31 - 1)
-        (IMAX, IMAX, IMAX - 1),
-        (1 << 30, 1 << 30, 1 << 29),        # 0.5 * 0.5 = 0.25
-        (1, 1 << 30, 1),                    # 0.5 exactly: tie rounds up
-        (-1, 1 << 30, 0),                   # -0.5: also up (toward +inf), not away from zero
-        (1, (1 << 30) - 1, 0),              # just below the tie
-        (-1, (1 << 30) - 1, 0),
-        (3, 1 << 30, 2),                    # 1.5 -> 2
-        (-3, 1 << 30, -1),                  # -1.5 -> -1
-        (0, IMIN, 0),
-    ]
-    a, b, want = map(np.array, zip(*cases, strict=True))
-    assert fp.saturating_rounding_doubling_high_mul(a, b).tolist() == want.tolist()
-
-
-def test_srdhm_random_against_exact_integers():
-    rng = np.random.default_rng(0)
-    a = rng.integers(IMIN, IMAX, 4000, endpoint=True)
-    b = rng.integers(IMIN, IMAX, 4000, endpoint=True)
-    a[:5] = [IMIN, IMIN, IMAX, 0, -1]
-    b[:5] = [IMIN, IMAX, IMIN, IMIN, IMIN]
-    got = fp.saturating_rounding_doubling_high_mul(a, b)
-    assert got.tolist() == [_srdhm_ref(int(x), int(y)) for x, y in zip(a, b, strict=True)]
-
-
-def test_rounding_divide_by_pot_ties_and_negatives():
-    x = np.array([5, -5, 6, -6, 7, -7, 1, -1, 2, -2, 3, -3, IMIN, IMAX, 0])
-    assert fp.rounding_divide_by_pot(x, 1).tolist() == [3, -3, 3, -3, 4, -4, 1, -1, 1, -1, 2, -2,
-                                                        -(1 << 30), 1 << 30, 0]
-    assert fp.rounding_divide_by_pot(np.array([12, -12, 11, -11, 13, -13]), 3).tolist() == \
-        [2, -2, 1, -1, 2, -2]  # 1.5 -> 2, -1.5 -> -2, 1.375 -> 1, 1.625 -> 2
-    assert fp.rounding_divide_by_pot(np.array([IMIN, IMAX]), 31).tolist() == [-1, 1]
-    # exponent per element broadcasts
-    assert fp.rounding_divide_by_pot(np.array([[8], [8]]), np.array([[2], [3]])).tolist() == [[2], [1]]
-    rng = np.random.default_rng(1)
-    v = rng.integers(IMIN, IMAX, 2000, endpoint=True)
-    e = rng.integers(0, 32, 2000)
-    # exact integers: round |x| / 2^k half up, then restore the sign (= ties away from zero)
-    want = [(1 if x >= 0 else -1) * ((abs(int(x)) + ((1 << int(k)) >> 1)) >> int(k))
-            for x, k in zip(v, e, strict=True)]
-    assert fp.rounding_divide_by_pot(v, e).tolist() == want
-
 
 def test_saturating_rounding_multiply_by_pot():
     x = np.array([1 << 28, (1 << 28) - 1, -(1 << 28), -(1 << 28) + 1, -(1 << 28) - 1, (1 << 28) + 1])
@@ -112,65 +61,55 @@ def test_count_leading_zeros_and_get_reciprocal():
     assert np.allclose(raw / 2.0 ** 31 / 2.0 ** nbits, [1.0, 1 / 3], atol=1e-8)
 
 
-def test_multiply_by_quantized_multiplier_double_rounding():
-    # 2^30 (0.5) with shift -1: 0.25 * x; double rounding: SRDHM then RDBP
-    x = np.array([2, -2, 6, -6, 5, -5])
-    # 5: SRDHM 2.5 -> 3 (half up), then RDBP 1.5 -> 2, where the exact 1.25 rounds to 1;
-    # -5: SRDHM -2.5 -> -2, then -1.0 -> -1: double rounding is asymmetric
-    assert fp.multiply_by_quantized_multiplier(x, 1 << 30, -1).tolist() == [1, -1, 2, -2, 2, -1]
-    assert fp.multiply_by_quantized_multiplier(np.array([3]), 1 << 30, -1).tolist() == [1]  # 0.75 -> 1
-    assert fp.multiply_by_quantized_multiplier(np.array([3]), (1 << 30) + (1 << 29), -1).tolist() == [1]
-    assert fp.multiply_by_quantized_multiplier(np.array([7]), (1 << 30) + (1 << 29), -1).tolist() == [3]
+def test_multiply_by_quantized_multiplier_greater_than_one():
     assert fp.multiply_by_quantized_multiplier_greater_than_one(np.array([-3, 3]), 1 << 30, 4).tolist() == \
         [-24, 24]
+    # x << left_shift wraps as the compiled int32 product does, before the high multiply
+    assert fp.multiply_by_quantized_multiplier_greater_than_one(np.array([1 << 27]), 1 << 30, 4).tolist() == \
+        [-(1 << 30)]
 
 
-def test_quantize_multiplier_and_radius():
-    assert fp.quantize_multiplier(0.5) == (1 << 30, 0)
-    assert fp.quantize_multiplier(1.0) == (1 << 30, 1)
-    assert fp.quantize_multiplier(1 - 2.0 ** -33) == (1 << 30, 1)     # rounds to 2^31: fix-up
-    assert fp.quantize_multiplier(2.0 ** -40) == (0, 0)
+def test_calculate_input_radius():
     assert fp.calculate_input_radius(5, 23) == 248   # 31 * 2^26 / 2^23
     assert fp.calculate_input_radius(4, 24) == 120
 
 
 def test_prepare_params_hand_worked():
     # scale 0.1 (float32 0.100000001490116...), beta 1
-    p = fp.softmax_params(0.1)
+    p = sm.softmax_params(0.1)
     q, e = math.frexp(float(np.float32(0.1)) * 2.0 ** 26)
     assert p.input_left_shift == e == 23 and p.input_multiplier == round(q * 2 ** 31)
     assert p.diff_min == -248
     # capping at 2^31 - 1 for huge beta * scale
-    big = fp.softmax_params(64.0)
+    big = sm.softmax_params(64.0)
     assert (big.input_multiplier, big.input_left_shift, big.diff_min) == (IMAX, 31, 0)
-    lp = fp.logistic_params(1 / 32, 5)
+    lp = lut.activation_params(1 / 32, 5)
     assert (lp.input_multiplier, lp.input_left_shift, lp.input_range_radius, lp.input_zero_point) == \
         (1 << 30, 23, 15 * 16, 5)
-    assert fp.tanh_params(1 / 32, 5) == fp.TanhParams(*vars(lp).values())
     with pytest.raises(ValueError):
-        fp.softmax_params(2.0 ** -30)
+        sm.softmax_params(2.0 ** -30)
 
 
 def test_softmax_kernel_properties():
-    p = fp.softmax_params(0.05)
+    p = sm.softmax_params(0.05)
     x = np.random.default_rng(3).integers(-128, 128, (3, 4, 17)).astype(np.int8)
-    y = fp.softmax_int8(x, p)
+    y = sm.softmax_int8(x, p)
     assert y.shape == x.shape and y.dtype == np.int8
-    flat = fp.softmax_int8(x.reshape(-1, 17), p).reshape(x.shape)
+    flat = sm.softmax_int8(x.reshape(-1, 17), p).reshape(x.shape)
     assert np.array_equal(y, flat)
     assert np.all(np.abs((y.astype(int) + 128).sum(-1) - 256) <= 17)
     # all-equal row: exp sum = depth, each 1/depth
-    eq = fp.softmax_int8(np.zeros((1, 4), np.int8), p)
+    eq = sm.softmax_int8(np.zeros((1, 4), np.int8), p)
     assert eq.tolist() == [[-64] * 4]
 
 
 def test_tables_shape_and_monotone():
-    for fn, par in ((fp.logistic_table, fp.logistic_params), (fp.tanh_table, fp.tanh_params)):
-        t = fn(par(0.07, -3))
+    for fn in (lut.logistic_table, lut.tanh_table):
+        t = fn(lut.activation_params(0.07, -3))
         assert t.shape == (256,) and t.dtype == np.int8
         assert np.all(np.diff(t.astype(int)) >= 0)
-    assert fp.logistic_table(fp.logistic_params(0.07, 0))[128] == 0        # sigmoid(0) = 0.5
-    assert fp.tanh_table(fp.tanh_params(0.07, 0))[128] == 0
+    assert lut.logistic_table(lut.activation_params(0.07, 0))[128] == 0        # sigmoid(0) = 0.5
+    assert lut.tanh_table(lut.activation_params(0.07, 0))[128] == 0
 
 
 # ----------------------------------------------------------------------------- TFLM oracle
@@ -274,12 +213,12 @@ def test_softmax_bit_exact_vs_tflm(lo, hi):
         batch = 64 if depth <= 100 else 24
         buf = _convert("softmax", depth, lo, hi, batch)
         code, s_in, zp_in, s_out, zp_out, beta = _op_quant(buf)
-        assert code == 25 and (s_out, zp_out) == fp.SOFTMAX_OUTPUT_QUANT
-        p = fp.softmax_params(s_in, beta)
+        assert code == 25 and (s_out, zp_out) == sm.SOFTMAX_OUTPUT_QUANT
+        p = sm.softmax_params(s_in, beta)
         x = _softmax_inputs(rng, batch, depth)
         n_aborting = _replace_aborting_rows(x, p, rng)
         want = _run(buf, x)
-        got = fp.softmax_int8(x, p)
+        got = sm.softmax_int8(x, p)
         assert np.array_equal(got, want), f"depth {depth}: {np.sum(got != want)} mismatches"
         total += x.size
         print(f"softmax range [{lo},{hi}] scale {s_in:.6g} depth {depth}: {np.sum(got == want)}/{x.size} "
@@ -290,13 +229,13 @@ def test_softmax_bit_exact_vs_tflm(lo, hi):
 def _replace_aborting_rows(x: np.ndarray, p, rng) -> int:
     """TFLM aborts the whole program on rows whose exp sum reaches 512 (see
     test_softmax_tflm_aborts_on_flat_wide_rows); the in-process oracle cannot run them."""
-    bad = fp.softmax_int8_aborts(x, p)
+    bad = sm.softmax_int8_aborts(x, p)
     n = int(bad.sum())
     for _ in range(20):
         if not bad.any():
             return n
         x[bad] = rng.integers(-128, 128, (int(bad.sum()), x.shape[-1]))
-        bad = fp.softmax_int8_aborts(x, p)
+        bad = sm.softmax_int8_aborts(x, p)
     x[bad] = -128
     x[bad, 0] = 127
     return n
@@ -320,11 +259,11 @@ def test_softmax_tflm_aborts_on_flat_wide_rows(tmp_path):
     import sys
     buf = _convert("softmax", 600, -1.0, 1.0, 1)
     _, s_in, _, _, _, beta = _op_quant(buf)
-    p = fp.softmax_params(s_in, beta)
+    p = sm.softmax_params(s_in, beta)
     x = np.zeros((1, 600), np.int8)
-    assert fp.softmax_int8_aborts(x, p).tolist() == [True]
+    assert sm.softmax_int8_aborts(x, p).tolist() == [True]
     with pytest.raises(ArithmeticError):
-        fp.softmax_int8(x, p)
+        sm.softmax_int8(x, p)
     path = tmp_path / "sm.tflite"
     path.write_bytes(buf)
     r = subprocess.run([sys.executable, "-c", _ABORT_SCRIPT, str(path)], capture_output=True, timeout=60)
@@ -343,9 +282,9 @@ def test_softmax_bit_exact_scale_and_beta_sweep():
     for s, b in zip(scales, betas, strict=True):
         buf = _patch(base, s, 0, b)
         x = _softmax_inputs(rng, batch, depth)
-        p = fp.softmax_params(s, b)
+        p = sm.softmax_params(s, b)
         _replace_aborting_rows(x, p, rng)
-        got = fp.softmax_int8(x, p)
+        got = sm.softmax_int8(x, p)
         want = _run(buf, x)
         n_eq += int(np.sum(got == want))
         n_all += got.size
@@ -354,8 +293,8 @@ def test_softmax_bit_exact_scale_and_beta_sweep():
 
 
 ALL_INT8 = np.arange(-128, 128, dtype=np.int64).astype(np.int8).reshape(1, 256)
-ACTS = (("sigmoid", 14, fp.logistic_params, fp.logistic_table, fp.LOGISTIC_OUTPUT_QUANT),
-        ("tanh", 28, fp.tanh_params, fp.tanh_table, fp.TANH_OUTPUT_QUANT))
+ACTS = (("sigmoid", 14, lut.activation_params, lut.logistic_table, lut.LOGISTIC_OUTPUT_QUANT),
+        ("tanh", 28, lut.activation_params, lut.tanh_table, lut.TANH_OUTPUT_QUANT))
 
 
 @pytest.mark.tf

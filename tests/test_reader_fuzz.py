@@ -19,7 +19,8 @@ from toolchain.tflite import ir, reader
 @pytest.fixture(scope="module")
 def seeds(zoo: dict) -> list[bytes]:
     """Small real models: three zoo conversions (kilobytes, so mutations hit the structure)."""
-    return [zoo[n].int8_tflite.read_bytes() for n in ("mlp_fused", "cnn_residual", "cnn_depthwise_per_tensor")]
+    names = ("mlp_fused", "cnn_residual", "cnn_depthwise_per_tensor")
+    return [zoo[n].int8_tflite.read_bytes() for n in names]
 
 
 def _parse(buf: bytes) -> None:
@@ -54,7 +55,8 @@ def mutated(draw, seeds: list[bytes]) -> bytes:
         buf[a : a + draw(st.integers(1, 64))] = bytes(min(64, n - a))[: len(buf[a : a + 64])]
     else:  # a 32-bit little-endian field (offsets, lengths, indices) overwritten with an extreme value
         i = draw(st.integers(0, max(0, n - 4))) & ~3
-        buf[i : i + 4] = draw(st.sampled_from([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x80000000, n, n + 4])).to_bytes(4, "little")
+        value = draw(st.sampled_from([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x80000000, n, n + 4]))
+        buf[i : i + 4] = value.to_bytes(4, "little")
     return bytes(buf)
 
 
@@ -63,7 +65,8 @@ def test_seeds_parse(seeds: list[bytes]) -> None:
         assert isinstance(reader.parse_model(s), ir.Graph)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_mutated_bytes_give_graph_or_model_error(seeds: list[bytes], data) -> None:
     _parse(data.draw(mutated(seeds)))

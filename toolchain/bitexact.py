@@ -2,13 +2,12 @@
 
 The reference is the tflite-micro interpreter (`--against tflm`: TFLM's reference kernels, which
 CMSIS-NN and ESP-NN reproduce bit for bit in their default double-rounding builds), or the
-emitted C kernels on an emulated board (`--against qemu`, provided by toolchain.emit.c_model).
+emitted C kernels on an emulated board (`--against qemu`, toolchain.emit.qemu).
 On a mismatch the first differing op is found by comparing every intermediate tensor.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,9 @@ from typing import Any, Literal
 import numpy as np
 
 from toolchain import execute
+from toolchain.emit.qemu import QemuOracle
 from toolchain.errors import ModelError, QassureError
+from toolchain.oracle import TflmOracle
 from toolchain.targets import Target
 from toolchain.tflite import ir, prepare, reader
 
@@ -69,6 +70,9 @@ def random_inputs(graph: ir.Graph, samples: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = graph.input
     shape = (samples, *t.shape)
+    lo: float
+    hi: float
+    x: np.ndarray
     if t.dtype == "int8":
         x = rng.integers(-128, 128, size=shape, dtype=np.int64)
         lo, hi = -128, 127
@@ -84,20 +88,10 @@ def random_inputs(graph: ir.Graph, samples: int, seed: int) -> np.ndarray:
     return x.astype(t.dtype)
 
 
-def _reference(path: Path, against: Against, target: Target):
+def _reference(path: Path, against: Against, target: Target) -> TflmOracle | QemuOracle:
     if against == "tflm":
-        from toolchain.oracle import TflmOracle
-
         return TflmOracle(path)
-    try:
-        c_model = importlib.import_module("toolchain.emit.c_model")
-    except ImportError:
-        raise QassureError("--against qemu needs the firmware runner (toolchain.emit.c_model), which this "
-                           "installation does not have yet; use --against tflm") from None
-    factory = getattr(c_model, "QemuOracle", None)
-    if factory is None:
-        raise QassureError("--against qemu: toolchain.emit.c_model has no QemuOracle; use --against tflm")
-    return factory(path, target)
+    return QemuOracle(path, target)
 
 
 def _lsb(a: np.ndarray, b: np.ndarray) -> int:
@@ -138,13 +132,14 @@ def check_bitexact(path: Path | str, target: Target, samples: int = 100, seed: i
             exact += 1
             continue
         worst = max(worst, *[d for d in diffs if d >= 0]) if any(d >= 0 for d in diffs) else worst
-        if first is None and hasattr(ref, "tensor"):
+        if first is None and run.tensors is not None and hasattr(ref, "tensor"):
             first = _first_difference(graph, run.tensors, ref, i)
     return BitexactReport(graph.name, target.name, target.rounding, against, len(xs), exact, worst, first,
                           tuple(notes))
 
 
-def _first_difference(graph: ir.Graph, values: dict[int, np.ndarray], ref, sample: int) -> FirstDifference | None:
+def _first_difference(graph: ir.Graph, values: dict[int, np.ndarray], ref,
+                      sample: int) -> FirstDifference | None:
     """The first op (in execution order) whose output differs on `sample` (the reference just ran it)."""
     for op in graph.operators:
         t = op.outputs[0]

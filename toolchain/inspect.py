@@ -1,6 +1,7 @@
 """What a .tflite file holds, for a person: per-op table, quantization, multipliers, memory.
 
-The multipliers come from `prepare` (the same records the executor and the emitted C use).
+The multipliers come from `prepare` (the same records the executor and the emitted C use), shown
+by each op's `Op.multipliers`.
 The activation-memory estimate follows TFLM's greedy memory planner: every non-constant
 tensor is live from the op that writes it (or the start, for graph inputs) to its last
 reader (or the end, for graph outputs); tensors are placed largest first at the lowest
@@ -12,9 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from toolchain.execute.arith import Rounding
+from toolchain import ops
+from toolchain.arith import Rounding
 from toolchain.tflite import ir
 from toolchain.tflite import prepare as P
 
@@ -74,33 +74,6 @@ def _tensor_info(t: ir.Tensor) -> TensorInfo:
     return TensorInfo(t.index, t.name, tuple(t.shape), t.dtype, scale, zp)
 
 
-def _range(values: np.ndarray) -> int | list[int]:
-    values = np.asarray(values).reshape(-1)
-    lo, hi = int(values.min()), int(values.max())
-    return lo if lo == hi else [lo, hi]
-
-
-def multipliers(p: P.Prepared) -> dict[str, Any]:
-    """The (M, shift) pairs a prepared op applies: {stage: {"M": m or [min, max], "shift": ...}}."""
-    def pair(m: Any, e: Any) -> dict[str, Any]:
-        return {"M": _range(m), "shift": _range(e)}
-
-    if isinstance(p, (P.FullyConnected, P.Conv)):
-        return {"output": pair(p.requant.multiplier, p.requant.shift)}
-    if isinstance(p, P.Add):
-        return {"input1": pair(p.input1_multiplier, p.input1_shift),
-                "input2": pair(p.input2_multiplier, p.input2_shift),
-                "output": pair(p.output_multiplier, p.output_shift)}
-    if isinstance(p, (P.Mul, P.Mean)):
-        m, e = (p.output_multiplier, p.output_shift) if isinstance(p, P.Mul) else (p.multiplier, p.shift)
-        return {"output": pair(m, e)}
-    if isinstance(p, P.Quantize) and not p.from_float:
-        return {"output": pair(p.multiplier, p.shift)}
-    if isinstance(p, P.Softmax):
-        return {"input": pair(p.input_multiplier, p.input_left_shift)}
-    return {}
-
-
 def format_multipliers(m: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return f"{v[0]}..{v[1]}" if isinstance(v, list) else str(v)
@@ -156,27 +129,26 @@ def memory_estimate(graph: ir.Graph, file_bytes: int | None = None) -> MemoryEst
 def inspect_graph(graph: ir.Graph, rounding: Rounding = "double", file_bytes: int | None = None) -> ModelInfo:
     """Describe every op of an integer graph (prepared with `rounding`) and estimate its memory."""
     pg = P.prepare(graph, rounding)
-    ops = []
+    infos = []
     for op, p in zip(graph.operators, pg.ops, strict=True):
         consts = [graph.tensor(t) for t in op.inputs if t >= 0 and graph.tensor(t).is_const]
-        per_channel = None
-        if isinstance(p, (P.FullyConnected, P.Conv)):
-            per_channel = bool(p.per_channel)
-        ops.append(OpInfo(
+        per_channel = getattr(p, "per_channel", None)  # records of ops with weights say it
+        infos.append(OpInfo(
             index=op.index,
             opcode=op.opcode,
             activation=getattr(op.options, "activation", ir.ACT_NONE),
-            inputs=tuple(_tensor_info(graph.tensor(t)) for t in op.inputs if t >= 0 and not graph.tensor(t).is_const),
+            inputs=tuple(_tensor_info(graph.tensor(t)) for t in op.inputs
+                         if t >= 0 and not graph.tensor(t).is_const),
             output=_tensor_info(graph.tensor(op.outputs[0])),
             weight_bytes=sum(t.nbytes for t in consts),
-            per_channel=per_channel,
-            multipliers=multipliers(p),
+            per_channel=None if per_channel is None else bool(per_channel),
+            multipliers=ops.lookup(op.opcode, op.index, graph.path).multipliers(p),
         ))
     return ModelInfo(
         model=graph.name,
         rounding=rounding,
         inputs=tuple(_tensor_info(graph.tensor(t)) for t in graph.inputs),
         outputs=tuple(_tensor_info(graph.tensor(t)) for t in graph.outputs),
-        ops=tuple(ops),
+        ops=tuple(infos),
         memory=memory_estimate(graph, file_bytes),
     )

@@ -50,7 +50,8 @@ class TflmOracle:
         path = Path(path)
         reader.read_model(path)  # validate before the C++ side sees the bytes
         runtime = _tflm_runtime()
-        config = runtime.InterpreterConfig.kPreserveAllTensors if preserve_all else runtime.InterpreterConfig.kAllocationRecording
+        configs = runtime.InterpreterConfig
+        config = configs.kPreserveAllTensors if preserve_all else configs.kAllocationRecording
         with quiet_fds():
             self._it = runtime.Interpreter.from_bytes(path.read_bytes(), intrepreter_config=config)
         self.preserve_all = preserve_all
@@ -71,26 +72,3 @@ class TflmOracle:
     def run(self, xs: np.ndarray) -> np.ndarray:
         """First output for each input of a batch (B, *input_shape)."""
         return np.stack([self.run_one(x)[0] for x in xs])
-
-
-class LiteRtOracle:
-    """The desktop TFLite (LiteRT) interpreter: for float graphs, never the int8 oracle."""
-
-    def __init__(self, path: Path | str):
-        path = Path(path)
-        reader.read_model(path)
-        from ai_edge_litert.interpreter import Interpreter
-
-        with quiet_fds():
-            self._it = Interpreter(model_path=str(path))
-            self._it.allocate_tensors()
-        self._in = self._it.get_input_details()[0]
-        self._out = self._it.get_output_details()[0]
-
-    def run(self, xs: np.ndarray) -> np.ndarray:
-        outs = []
-        for x in xs:
-            self._it.set_tensor(self._in["index"], np.asarray(x, dtype=self._in["dtype"]).reshape(self._in["shape"]))
-            self._it.invoke()
-            outs.append(np.array(self._it.get_tensor(self._out["index"])))
-        return np.stack(outs)

@@ -24,7 +24,7 @@ import numpy as np
 
 from toolchain.certify import falsify
 from toolchain.certify.region import Box
-from toolchain.execute.arith import Rounding
+from toolchain.arith import Rounding
 from toolchain.merge import MergedNet, build
 from toolchain.tflite import ir, prepare, reader
 from toolchain.tflite.pair_check import validate_pair

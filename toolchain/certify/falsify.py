@@ -14,7 +14,8 @@ import numpy as np
 
 from toolchain.certify.region import Box
 from toolchain.certify.settings import DEFAULT, Settings
-from toolchain.execute import kernels, run
+from toolchain.execute import run
+from toolchain.ops.quantize import affine_quantize
 from toolchain.merge import MergedNet
 from toolchain.tflite.prepare import PreparedGraph
 
@@ -34,7 +35,7 @@ def quantized_input(net: MergedNet, pg: PreparedGraph, xs: np.ndarray) -> np.nda
     if net.input_interface == "int8":
         q = np.rint(xs / net.input_scale) + net.input_zero_point
         return np.clip(q, -128, 127).astype(np.int8)
-    return kernels.affine_quantize(xs, net.input_scale, net.input_zero_point)
+    return affine_quantize(xs, net.input_scale, net.input_zero_point)
 
 
 def errors(net: MergedNet, pg: PreparedGraph, xs: np.ndarray) -> np.ndarray:

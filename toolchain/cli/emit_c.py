@@ -18,7 +18,7 @@ def command(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Write model.h / model.c (no malloc, static arena) and report the image size against the budget."""
-    from toolchain.emit.c_model import emit_c
+    from toolchain.emit.c_codegen import emit_c
     from toolchain.targets import load_target
 
     tgt = load_target(target)

@@ -47,6 +47,7 @@ def command(
     for r in rows:
         say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     m = info.memory
-    say(f"weights (constants): {m.weight_bytes} B   file: {m.file_bytes} B   activation arena (greedy, "
-        f"tensor lifetimes): {m.arena_bytes} B   peak live: {m.peak_live_bytes} B", -1)
+    say(f"weights (constants): {m.weight_bytes} B   file: {m.file_bytes} B   "
+        f"activation arena (greedy, tensor lifetimes): {m.arena_bytes} B   "
+        f"peak live: {m.peak_live_bytes} B", -1)
     say(f"target {tgt.name}: flash {tgt.flash_bytes} B, RAM {tgt.ram_bytes} B", 1)

@@ -253,7 +253,7 @@ def _emit_c_model(staging: Path, pair: ModelPair, target: Target) -> None:
     """The model as C (model.h/.c and the kernels) into c/, when the target asks for C."""
     if not target.emit_c:
         return
-    from toolchain.emit.c_model import emit_c
+    from toolchain.emit.c_codegen import emit_c
 
     try:
         emit_c(pair.int8_path, staging / "c", target, prepared=pair.prepared)

@@ -116,14 +116,14 @@ def firmware_check(pair: ModelPair, target: Target, inputs: np.ndarray) -> Check
         why = ("the target does not emit C" if not target.emit_c
                else f"no emulated board for {target.cpu_core}")
         return Check(name, None, f"skipped: {why}")
-    from toolchain.emit import c_model
+    from toolchain.emit import firmware, qemu
 
-    missing = c_model.missing_tools()
+    missing = firmware.missing_tools()
     if missing:
         return Check(name, None, f"skipped: {', '.join(missing)} not installed (make setup-firmware)")
     device_inputs = pair.device_input(inputs)
     try:
-        rec = c_model.verify_on_qemu(pair.int8_path, target, device_inputs, prepared=pair.prepared)
+        rec = qemu.verify_on_qemu(pair.int8_path, target, device_inputs, prepared=pair.prepared)
     except ModelError as exc:  # e.g. a float-input graph: no C is emitted for it
         return Check(name, None, f"skipped: {exc}")
     except QassureError as exc:

@@ -164,18 +164,6 @@ class Graph:
     def name(self) -> str:
         return self.path.name if self.path is not None else "<model>"
 
-    def producers(self) -> dict[int, Operator]:
-        """Tensor index -> the operator that writes it."""
-        return {t: op for op in self.operators for t in op.outputs}
-
-    def consumers(self) -> dict[int, list[Operator]]:
-        out: dict[int, list[Operator]] = {}
-        for op in self.operators:
-            for t in op.inputs:
-                if t >= 0:
-                    out.setdefault(t, []).append(op)
-        return out
-
     @property
     def is_integer(self) -> bool:
         """True when every activation tensor is integer (a full-int8 graph, maybe with float I/O)."""

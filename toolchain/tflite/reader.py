@@ -12,31 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain import ops
 from toolchain.errors import ModelError, UnsupportedOpError
 from toolchain.tflite import ir
-
-# Operators the executor implements (and the options type each reads).
-SUPPORTED_OPS = frozenset(
-    {
-        "FULLY_CONNECTED",
-        "CONV_2D",
-        "DEPTHWISE_CONV_2D",
-        "AVERAGE_POOL_2D",
-        "MAX_POOL_2D",
-        "ADD",
-        "MUL",
-        "RESHAPE",
-        "PAD",
-        "PADV2",
-        "CONCATENATION",
-        "MEAN",
-        "SOFTMAX",
-        "LOGISTIC",
-        "TANH",
-        "QUANTIZE",
-        "DEQUANTIZE",
-    }
-)
 
 _DTYPES = {
     "FLOAT32": "float32",
@@ -48,8 +26,6 @@ _DTYPES = {
     "BOOL": "bool",
     "FLOAT16": "float16",
 }
-_PADDING = {0: "SAME", 1: "VALID"}
-_ACTIVATIONS = {0: ir.ACT_NONE, 1: ir.ACT_RELU, 2: ir.ACT_RELU_N1_TO_1, 3: ir.ACT_RELU6}
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
@@ -141,11 +117,10 @@ def _build_graph(model, buf: bytes, path: Path | None, schema) -> ir.Graph:
         if opname == "CUSTOM":
             cc = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
             opname = f"CUSTOM({cc})"
-        if opname not in SUPPORTED_OPS:
-            raise UnsupportedOpError(f"unsupported op {opname} at position #{k}", where)
+        impl = ops.lookup(opname, k, where)
         inputs = check_indices(op.inputs, f"op #{k} {opname} input", True)
         outputs = check_indices(op.outputs, f"op #{k} {opname} output", False)
-        options = _options(opname, op.builtinOptions, k, where)
+        options = impl.parse_options(opname, op.builtinOptions, k, where)
         operators.append(ir.Operator(k, opname, inputs, outputs, options))
 
     graph = ir.Graph(
@@ -201,53 +176,6 @@ def _constant(t, buffers, buf: bytes, dtype: str, shape, i: int, name: str, wher
             f"tensor {i} '{name}': buffer holds {len(raw)} bytes, shape {shape} needs {expected}", where
         )
     return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
-
-
-def _act(value: int, k: int, where) -> str:
-    if value not in _ACTIVATIONS:
-        raise UnsupportedOpError(f"op #{k}: unsupported fused activation {value}", where)
-    return _ACTIVATIONS[value]
-
-
-def _options(opname: str, o, k: int, where) -> ir.OpOptions:
-    if opname in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        if o is None:
-            raise ModelError(f"op #{k} {opname} has no options", where)
-        return ir.ConvOptions(
-            padding=_PADDING[o.padding],
-            stride_h=int(o.strideH),
-            stride_w=int(o.strideW),
-            dilation_h=int(o.dilationHFactor or 1),
-            dilation_w=int(o.dilationWFactor or 1),
-            depth_multiplier=int(getattr(o, "depthMultiplier", 1) or 1),
-            activation=_act(o.fusedActivationFunction, k, where),
-        )
-    if opname in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-        if o is None:
-            raise ModelError(f"op #{k} {opname} has no options", where)
-        return ir.PoolOptions(
-            padding=_PADDING[o.padding],
-            stride_h=int(o.strideH),
-            stride_w=int(o.strideW),
-            filter_h=int(o.filterHeight),
-            filter_w=int(o.filterWidth),
-            activation=_act(o.fusedActivationFunction, k, where),
-        )
-    if opname == "FULLY_CONNECTED":
-        if o is None:
-            return ir.FullyConnectedOptions()
-        if int(o.weightsFormat) != 0:
-            raise UnsupportedOpError(f"op #{k} FULLY_CONNECTED: shuffled weights format", where)
-        return ir.FullyConnectedOptions(_act(o.fusedActivationFunction, k, where), bool(o.keepNumDims))
-    if opname in ("ADD", "MUL"):
-        return ir.ActivationOptions(_act(o.fusedActivationFunction, k, where) if o is not None else ir.ACT_NONE)
-    if opname == "CONCATENATION":
-        return ir.ConcatenationOptions(int(o.axis), _act(o.fusedActivationFunction, k, where))
-    if opname == "MEAN":
-        return ir.ReducerOptions(bool(o.keepDims) if o is not None else False)
-    if opname == "SOFTMAX":
-        return ir.SoftmaxOptions(float(o.beta) if o is not None else 1.0)
-    return ir.NoOptions()
 
 
 def _check_dataflow(graph: ir.Graph, where) -> None:

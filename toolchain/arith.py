@@ -1,5 +1,11 @@
 """Integer rounding primitives of TFLite int8 kernels, vectorised over numpy int64 arrays.
 
+The one home of the gemmlowp / TFLM arithmetic (QuantizeMultiplier, SaturatingRoundingDoublingHighMul,
+RoundingDivideByPOT, MultiplyByQuantizedMultiplier in both rounding flavours) and of what the merge
+derives from it (the effective scale M * 2^(e-31) and the requantization error bound rho): the
+executor's kernels, the fixed-point softmax / logistic / tanh recipes, the merged network, the
+emitted C's constants and the tests all call these functions.
+
 int64 holds every int32 intermediate and every int32 x int32 product exactly, so each function
 reproduces the C arithmetic bit for bit (C division truncates toward zero; >> on a negative
 int32 is arithmetic, as on every target we support).
@@ -11,6 +17,7 @@ import math
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 Rounding = Literal["double", "single"]
 
@@ -23,7 +30,7 @@ def round_half_away(x: float) -> int:
     return int(math.copysign(math.floor(abs(x) + 0.5), x))
 
 
-def round_half_away_f32(x: np.ndarray) -> np.ndarray:
+def round_half_away_f32(x: npt.ArrayLike) -> np.ndarray:
     """roundf on float32 values (input quantization, activation ranges, MEAN).
 
     Computed as trunc(x) + (|x - trunc(x)| >= 1/2) * sign(x), where every step is exact in
@@ -54,36 +61,36 @@ def quantize_multiplier(real: float, rounding: Rounding = "double") -> tuple[int
     return m, e
 
 
-def effective_scale(multiplier: int | np.ndarray, shift: int | np.ndarray) -> np.ndarray:
+def effective_scale(multiplier: npt.ArrayLike, shift: npt.ArrayLike) -> np.ndarray:
     """The real factor the device applies: M * 2^(e-31) (exact in float64 for int32 M)."""
     return np.asarray(multiplier, dtype=np.float64) * np.exp2(np.asarray(shift, dtype=np.float64) - 31)
 
 
-def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
+def saturating_rounding_doubling_high_mul(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
     """gemmlowp SaturatingRoundingDoublingHighMul: (a*b + 2^30) >> 31 rounding half up.
 
     C nudges a*b by 2^30 (or 1-2^30 when a*b < 0) and divides truncating toward zero. For a*b < 0
     that is ceil((a*b + 1 - 2^30) / 2^31) = floor((a*b + 1 - 2^30 + 2^31 - 1) / 2^31)
     = floor((a*b + 2^30) / 2^31), the same expression as for a*b >= 0: one add and one arithmetic
     shift for every sign. The only overflow, INT32_MIN * INT32_MIN, saturates to INT32_MAX."""
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
-    q = (a * b + np.int64(1 << 30)) >> 31
-    if np.any(b == INT32_MIN):
-        q = np.where((a == INT32_MIN) & (b == INT32_MIN), np.int64(INT32_MAX), q)
+    a64 = np.asarray(a, dtype=np.int64)
+    b64 = np.asarray(b, dtype=np.int64)
+    q = (a64 * b64 + np.int64(1 << 30)) >> 31
+    if np.any(b64 == INT32_MIN):
+        q = np.where((a64 == INT32_MIN) & (b64 == INT32_MIN), np.int64(INT32_MAX), q)
     return q
 
 
-def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
+def rounding_divide_by_pot(x: npt.ArrayLike, exponent: npt.ArrayLike) -> np.ndarray:
     """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero.
 
     For exponent e > 0 this is floor((x + 2^(e-1) - [x < 0]) / 2^e): ties go up for x >= 0 and
     down for x < 0; for e = 0 it is x. [x < 0] is -(x >> 63) (arithmetic shift)."""
-    x = np.asarray(x, dtype=np.int64)
-    exponent = np.asarray(exponent, dtype=np.int64)
-    nudge = (np.int64(1) << exponent) >> 1
-    neg = (x >> 63) & -(exponent > 0).astype(np.int64)  # -1 where x < 0 and e > 0
-    return (x + nudge + neg) >> exponent
+    x64 = np.asarray(x, dtype=np.int64)
+    e = np.asarray(exponent, dtype=np.int64)
+    nudge = (np.int64(1) << e) >> 1
+    neg = (x64 >> 63) & -(e > 0).astype(np.int64)  # -1 where x < 0 and e > 0
+    return (x64 + nudge + neg) >> e
 
 
 class Requantizer:
@@ -112,7 +119,8 @@ class Requantizer:
             # stays far from int64 overflow (|v| < 2^62); otherwise added after the shift.
             fold = abs(self.offset) < (1 << 8) and int(total.max(initial=0)) <= 52
             self.post_offset = 0 if fold else self.offset
-            self.add = _uniform((np.int64(1) << (total - 1)) + (np.int64(self.offset if fold else 0) << total))
+            folded = np.int64(self.offset if fold else 0) << total
+            self.add = _uniform((np.int64(1) << (total - 1)) + folded)
             self.right = _uniform(total)
             return
         if abs(self.offset) >= (1 << 24):  # folding below needs o * 2^31 far from overflow
@@ -162,45 +170,45 @@ def _uniform(a: np.ndarray):
 
 
 def multiply_by_quantized_multiplier(
-    x: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int, rounding: Rounding = "double"
+    x: npt.ArrayLike, multiplier: npt.ArrayLike, shift: npt.ArrayLike, rounding: Rounding = "double"
 ) -> np.ndarray:
     """MultiplyByQuantizedMultiplier (common.h): round(x * M * 2^(shift-31)) as the target does.
 
     double: SaturatingRoundingDoublingHighMul then RoundingDivideByPOT (TFLM, CMSIS-NN default);
     single: (x*M + 2^(30-shift)) >> (31-shift) in int64 (TFLITE_SINGLE_ROUNDING builds).
     """
-    x = np.asarray(x, dtype=np.int64)
+    xs = np.asarray(x, dtype=np.int64)
     r = Requantizer(multiplier, shift, rounding)
-    if x.ndim == 0 or r.general or np.broadcast_shapes(x.shape, r.multiplier.shape) != x.shape:
-        return multiply_by_quantized_multiplier_reference(x, multiplier, shift, rounding)
-    return r(np.array(x, dtype=np.int64, copy=True))
+    if xs.ndim == 0 or r.general or np.broadcast_shapes(xs.shape, r.multiplier.shape) != xs.shape:
+        return multiply_by_quantized_multiplier_reference(xs, multiplier, shift, rounding)
+    return r(np.array(xs, dtype=np.int64, copy=True))
 
 
 def multiply_by_quantized_multiplier_reference(
-    x: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int, rounding: Rounding = "double"
+    x: npt.ArrayLike, multiplier: npt.ArrayLike, shift: npt.ArrayLike, rounding: Rounding = "double"
 ) -> np.ndarray:
     """The plain composition of the primitives, as common.h writes it (no in-place tricks)."""
-    x = np.asarray(x, dtype=np.int64)
-    multiplier = np.asarray(multiplier, dtype=np.int64)
-    shift = np.asarray(shift, dtype=np.int64)
+    xs = np.asarray(x, dtype=np.int64)
+    m = np.asarray(multiplier, dtype=np.int64)
+    e = np.asarray(shift, dtype=np.int64)
     if rounding == "single":
-        total = 31 - shift
-        return (x * multiplier + (np.int64(1) << (total - 1))) >> total
-    left = np.maximum(shift, 0)
-    right = np.maximum(-shift, 0)
+        total = 31 - e
+        return (xs * m + (np.int64(1) << (total - 1))) >> total
+    left = np.maximum(e, 0)
+    right = np.maximum(-e, 0)
     # x * (1 << left) is an int32 product in C; models in range never overflow it.
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, multiplier), right)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(xs << left, m), right)
 
 
-def requant_error_bound(shift: np.ndarray | int, rounding: Rounding = "double") -> np.ndarray:
+def requant_error_bound(shift: npt.ArrayLike, rounding: Rounding = "double") -> np.ndarray:
     """Worst-case |MBQM(acc) - acc*M*2^(e-31)| over all int32 acc: the rho of DESIGN.md.
 
     double rounding: 1/2 from the final RoundingDivideByPOT plus up to 1/2 LSB of the high-mul,
     scaled by 2^-R with R = max(-e, 0): 1/2 + 2^-(R+1) (just 1/2 when R = 0). single: 1/2.
     """
-    shift = np.asarray(shift, dtype=np.float64)
+    e = np.asarray(shift, dtype=np.float64)
     if rounding == "single":
-        return np.full(shift.shape, 0.5)
-    r = np.maximum(-shift, 0.0)
+        return np.full(e.shape, 0.5)
+    r = np.maximum(-e, 0.0)
     # R = 0: the high-mul's own round-half-up is the only rounding.
     return np.where(r > 0, 0.5 + np.exp2(-(r + 1.0)), 0.5)
