@@ -7,8 +7,8 @@ record and its input tensors, vectorised over a leading batch axis.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,11 +54,18 @@ def as_batch(graph: Graph, x: np.ndarray) -> np.ndarray:
 BLAS_THREADS = int(os.environ.get("QASSURE_EXECUTOR_BLAS_THREADS", "1"))
 
 
-@functools.cache
+_FOUND: dict[int, tuple[Any, ...]] = {}  # len(sys.modules) at the scan -> the BLAS controllers found
+
+
 def _blas_libraries() -> tuple[Any, ...]:
-    """threadpoolctl's controllers of the BLAS libraries loaded in this process (numpy's OpenBLAS),
-    found once on first use."""
-    return tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process (numpy's OpenBLAS,
+    and scipy's own once scipy.linalg is imported). Scanned again only when modules were imported
+    since the last scan (a new import is how a new BLAS gets loaded): one scan costs ~1 ms."""
+    key = len(sys.modules)
+    if key not in _FOUND:
+        _FOUND.clear()
+        _FOUND[key] = tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
+    return _FOUND[key]
 
 
 @contextlib.contextmanager
