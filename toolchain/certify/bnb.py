@@ -34,11 +34,12 @@ from toolchain.certify.result import (
     STOP_BUDGET,
     STOP_DECIDED,
     STOP_EXHAUSTED,
+    STOP_STALLED,
     STOP_TIME,
     EngineResult,
     ErrorBound,
 )
-from toolchain.certify.symbolic import Analysis, NodeBounds, differential_analysis
+from toolchain.certify.symbolic import Analysis, NodeBounds, differential_analysis, path_costs
 from toolchain.margins import CELL_TOL
 from toolchain.merge import MergedNet
 
@@ -95,20 +96,22 @@ class Bounded:
     candidates: np.ndarray | None  # where a cell bound is reached (witness candidates)
 
 
-def bound_boxes(problem: Problem, job: BoundJob) -> list[Bounded]:
+def bound_boxes(problem: Problem, job: BoundJob) -> tuple[list[Bounded], float]:
     """The differential engine on every box of the job at once; boxes with cell outputs are also
-    bounded cell by cell."""
+    bounded cell by cell. Also returns the work done (multiply-adds, estimated)."""
     net = problem.net
     parents = _parents(net, list(job.parent_ranges), list(job.parent_bounds))
     a = differential_analysis(net, BoxBatch.of(list(job.boxes)), parents, problem.settings)
     out = []
+    work = a.work
     for i, (box, outputs) in enumerate(zip(job.boxes, job.cells, strict=True)):
         bound, candidates = a.bound.item(i), None
         if outputs is not None:
             by_cells, candidates = cells.cell_bounds(net, box, a.take([i]), outputs)
             bound = bound.meet(by_cells)
+            work += float(outputs.q.size) * net.n_inputs
         out.append(Bounded(bound, Ranges.of(a, i), candidates))
-    return out
+    return out, work
 
 
 @dataclass(frozen=True)
@@ -119,13 +122,16 @@ class LeafJob:
     witness: np.ndarray | None = None  # MILP starting points
 
 
-def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOutputs]:
-    """The box bounded by the device's exact output on each of its input cells."""
+def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOutputs, float]:
+    """The box bounded by the device's exact output on each of its input cells (and the work done:
+    an executor pass per cell)."""
     net, settings = problem.net, problem.settings
     a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings)
     outputs = cells.device_outputs(net, problem.pg, job.box, settings.cell_chunk)
     by_cells, candidates = cells.cell_bounds(net, job.box, a, outputs)
-    return Bounded(a.bound.item(0).meet(by_cells), Ranges.of(a, 0), candidates), outputs
+    n_cells = outputs.q.size // max(1, net.n_outputs)
+    work = a.work + n_cells * float(path_costs(net)[-1]) / 2  # the executor on every cell (int8 side)
+    return Bounded(a.bound.item(0).meet(by_cells), Ranges.of(a, 0), candidates), outputs, work
 
 
 def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, int]]:
@@ -136,7 +142,13 @@ def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, int]]:
     a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings,
                               full=True)
     m = milp_bounds(net, job.box, a, settings, node_limit=settings.milp_leaf_nodes, witness=job.witness)
-    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None), m.work
+    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None), dict(m.work, multiply_adds=a.work)
+
+
+def run_job(problem: Problem, job: tuple) -> object:
+    """(kind, job) -> kind(problem, job): one map call carries every kind of job of a round."""
+    kind, payload = job
+    return kind(problem, payload)
 
 
 # --- the search -----------------------------------------------------------------------------------
@@ -246,10 +258,13 @@ class _Store:
 def branch_and_bound(
     problem: Problem, root: Analysis, runner: Runner, *, decided: Callable[[ErrorBound], bool],
     probe: Callable[[np.ndarray], None] | None = None, progress: Callable[[str], None] | None = None,
-    deadline: float = float("inf"), enumerate_cells: bool = True,
+    deadline: float = float("inf"), enumerate_cells: bool = True, stop_when_stalled: bool = False,
 ) -> EngineResult:
     """Refine the region of `root` (an analysis of one box) until `decided(combined bound)`, the
-    work budget (settings.max_boxes boxes bounded) is spent, or no box can be split further.
+    work budget is spent (settings.max_boxes boxes bounded, or settings.max_work multiply-adds), or
+    no box can be split further; with `stop_when_stalled`, also once the last three quarters of the
+    work spent so far tightened the bound by less than 1% (checked after 1/16 of max_work:
+    splitting does not pay on this region, e.g. with many inputs).
 
     `probe`, if given, is called after each round with the centres of the new boxes and the inputs
     where cell bounds are reached: the caller's falsifier looks for witnesses where the bound is high."""
@@ -259,7 +274,9 @@ def branch_and_bound(
     heap: list = []
     stuck: list[Leaf] = []
     slots: dict[int, int] = {}  # id(leaf) -> slot
-    work = {"boxes": 1, "rounds": 0, "enumerated": 0, "milp_solves": 0, "milp_nodes": 0}
+    work = {"boxes": 1, "rounds": 0, "enumerated": 0, "milp_solves": 0, "milp_nodes": 0,
+            "multiply_adds": root.work}
+    history: list[tuple[float, float]] = []  # (work spent, combined bound) after each round
     small = sum(n.size for n in net.nodes[1:]) <= settings.milp_max_neurons
     milp_depth = settings.milp_depth_per_input * net.n_inputs
 
@@ -275,11 +292,16 @@ def branch_and_bound(
     last_report = time.monotonic()
     stopped = STOP_EXHAUSTED
     while heap:
-        if decided(store.combined()):
+        combined = store.combined()
+        if decided(combined):
             stopped = STOP_DECIDED
             break
-        if work["boxes"] >= settings.max_boxes:
+        if work["boxes"] >= settings.max_boxes or work["multiply_adds"] >= settings.max_work:
             stopped = STOP_BUDGET
+            break
+        history.append((work["multiply_adds"], float(combined.upper.max())))
+        if stop_when_stalled and _stalled(history, settings.max_work / 16):
+            stopped = STOP_STALLED
             break
         if time.monotonic() > deadline:
             stopped = STOP_TIME
@@ -309,11 +331,16 @@ def branch_and_bound(
             jobs.append(BoundJob(tuple(c[2] for c in part), tuple(to_split[c[0]].ranges for c in part),
                                  tuple(to_split[c[0]].bound for c in part), tuple(c[3] for c in part)))
         leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound) for leaf in to_enumerate + to_milp]
-        results = runner.map(bound_boxes, jobs)
-        enum_results = runner.map(enumerate_box, leaf_jobs[:len(to_enumerate)])
-        milp_results = runner.map(milp_box, leaf_jobs[len(to_enumerate):])
-        bounded = [b for chunk in results for b in chunk]
+        # One map for the whole round (no barrier between kinds of job: the pool balances them).
+        kinds = [bound_boxes] * len(jobs) + [enumerate_box] * len(to_enumerate) + [milp_box] * len(to_milp)
+        done = runner.map(run_job, list(zip(kinds, [*jobs, *leaf_jobs], strict=True)))
+        results = done[:len(jobs)]
+        enum_results = done[len(jobs):len(jobs) + len(to_enumerate)]
+        milp_results = done[len(jobs) + len(to_enumerate):]
+        bounded = [b for chunk, _ in results for b in chunk]
         work["boxes"] += len(bounded) + len(enum_results) + len(milp_results)
+        work["multiply_adds"] += sum(w for _, w in results) + sum(w for _, _, w in enum_results) \
+            + sum(w.get("multiply_adds", 0.0) for _, w in milp_results)
         work["rounds"] += 1
         # Each split leaf keeps the option whose worse child is lowest (then the smaller sum).
         by_leaf: dict[int, dict[int, list]] = {}
@@ -333,7 +360,7 @@ def branch_and_bound(
                 fresh.append(child.center[None])
                 if b.candidates is not None:
                     fresh.append(b.candidates)
-        for leaf, (b, outputs) in zip(to_enumerate, enum_results, strict=True):
+        for leaf, (b, outputs, _) in zip(to_enumerate, enum_results, strict=True):
             drop(leaf)
             work["enumerated"] += 1
             add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, outputs, leaf.milp_done))
@@ -359,3 +386,14 @@ def branch_and_bound(
     offsets = np.cumsum([0] + [n.size for n in net.nodes])
     ranges = [(lo_all[a:b], hi_all[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     return EngineResult(final, stopped, dict(work, open_boxes=len(leaves)), float_ranges=ranges)
+
+
+def _stalled(history: list[tuple[float, float]], after: float) -> bool:
+    """The bound now is within 1% of what it was when a quarter of the work spent so far was done
+    (a search tightens in jumps, e.g. when a box is enumerated: three quarters of the work without
+    1% is not a jump)."""
+    spent, now = history[-1]
+    if spent < after:
+        return False
+    then = [b for w, b in history if w <= spent / 4]  # the bound when a quarter of the work was done
+    return bool(then) and now > 0.99 * then[-1]

@@ -84,7 +84,7 @@ def _split(task: RegionTask, stop_near_witness: bool) -> EngineResult:
     if decided(task.root.bound.item(0)):
         return EngineResult(task.root.bound.item(0), STOP_DECIDED, {"boxes": 1})
     return branch_and_bound(task.problem, task.root, task.runner, decided=decided, probe=task.probe,
-                            progress=task.progress, deadline=task.deadline)
+                            progress=task.progress, deadline=task.deadline, stop_when_stalled=stop_near_witness)
 
 
 ENGINES: dict[str, Engine] = {

@@ -48,14 +48,36 @@ def errors(net: MergedNet, pg: PreparedGraph, xs: np.ndarray) -> np.ndarray:
     return y - node.scale * (q - node.zero_point)
 
 
-def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DEFAULT, seed: int = 0,
-            batch: int = 512) -> Found:
+def scaled_plan(net: MergedNet, settings: Settings) -> Settings:
+    """The falsifier's settings within settings.falsify_work multiply-adds: on a network whose one
+    evaluation costs more than the plan's evaluations allow, samples, steps and starts shrink in
+    proportion (never to zero). A function of the network's size, not of the machine."""
+    from toolchain.certify.symbolic import path_costs
+
+    per_eval = float(path_costs(net)[-1]) + sum(n.size for n in net.nodes)
+    o = settings.falsify_outputs
+    evals = (settings.falsify_samples + 1 + o * settings.falsify_steps * 32
+             + o * 2 * (settings.edge_starts + 2) * settings.edge_steps * 3)
+    f = settings.falsify_work / (evals * per_eval)
+    if f >= 1:
+        return settings
+    return settings.replace(falsify_samples=max(2, int(settings.falsify_samples * f)),
+                            falsify_steps=max(1, int(settings.falsify_steps * f)),
+                            edge_steps=max(2, int(settings.edge_steps * f)),
+                            edge_starts=max(1, int(settings.edge_starts * f)))
+
+
+def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DEFAULT, seed: int = 0) -> Found:
     """Sample the box (centre, uniform points, vertices: settings.falsify_samples), hill-climb from
     the incumbents of the settings.falsify_outputs outputs with the largest errors
-    (settings.falsify_steps steps), then attack the input cells' edges from there."""
+    (settings.falsify_steps steps), then attack the input cells' edges from there; all within
+    settings.falsify_work multiply-adds (scaled_plan)."""
+    settings = scaled_plan(net, settings)
     rng = np.random.default_rng(seed)
     samples = settings.falsify_samples
     n_out = net.n_outputs
+    # Points per evaluation batch: a few million float64 activations at most.
+    batch = int(np.clip(2**22 // max(1, sum(n.size for n in net.nodes)), 1, 512))
     pts = np.vstack([box.center[None], box.sample(max(1, samples // 2), rng), box.corners(max(1, samples // 2), rng)])
     if net.input_interface == "int8":
         pts = snap_to_input_grid(net, pts, box)

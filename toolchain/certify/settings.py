@@ -20,6 +20,7 @@ from toolchain.errors import QassureError
 class Settings:
     # --- work budget per region (deterministic; recorded in the certificate) ---
     max_boxes: int = 4096  # boxes bounded by branch and bound (every child box counts)
+    max_work: float = 2.0**38  # multiply-adds branch and bound may spend (bounds, cell enumerations)
     round_boxes: int = 32  # worst boxes refined per round of branch and bound
     chunk_boxes: int = 32  # boxes bounded together by one job (one batched pass)
     falsify_samples: int = 1000  # uniform + vertex samples of the falsifier
@@ -27,6 +28,7 @@ class Settings:
     falsify_outputs: int = 8  # outputs whose incumbents are searched locally
     edge_steps: int = 20  # cell-edge attack steps per start
     edge_starts: int = 14  # random starts of the cell-edge attack per output and sign
+    falsify_work: float = 2.0**35  # multiply-adds the falsifier may spend (big networks: fewer samples/steps)
     milp_nodes: int = 2000  # HiGHS branch-and-bound nodes per MILP solve
     milp_leaf_nodes: int = 200  # ... per solve on a branch-and-bound leaf
     # --- when to stop early (the answer is decided) ---

@@ -164,6 +164,7 @@ class Analysis:
     bound: ErrorBound
     nodes: tuple[NodeBounds, ...]
     lines: tuple[NodeLines | None, ...]
+    work: float = 0.0  # multiply-adds the pass took (estimated from path_costs), for work budgets
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -468,6 +469,7 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     lines: list[NodeLines | None] = []
     budget = B * (settings.symbolic_work_box if work is None else work)
     path = path_costs(net)
+    spent = float(B * path[-1])  # the forward ranges: about one pass over every layer per box
     for t, node in enumerate(net.nodes):
         nb = forward_node(net, t, nodes, boxes)
         if parent is not None:
@@ -481,6 +483,7 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
             if cost > budget:
                 todo[:] = False
             budget -= cost if todo.any() else 0.0
+            spent += cost if todo.any() else 0.0
             if todo.any():
                 up = _node_rows(net, t, todo, nodes, lines, boxes, settings)
                 nb = nb.meet(NodeBounds(-up[:, 1], up[:, 0], -up[:, 3], up[:, 2], -up[:, 5], up[:, 4],
@@ -499,7 +502,8 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     bound = ErrorBound(-up[:, n:], up[:, :n]).meet(ErrorBound(*output_range(net, nodes)))
     if parent is not None:
         bound = bound.meet(parent.bound)
-    return Analysis(boxes, bound, tuple(nodes), tuple(lines))
+    spent += 2.0 * B * n * path[K]
+    return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent)
 
 
 def float_linear_bounds(net: MergedNet, analysis: Analysis) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
