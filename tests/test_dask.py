@@ -36,8 +36,9 @@ SEARCH = DEFAULT.replace(max_boxes=120, round_boxes=8, chunk_boxes=8, falsify_sa
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two worker processes, one thread each; shut down after the module."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    """Two worker processes, one thread each; shut down after the module. Its HTTP server takes a free
+    port (others may be running a cluster on this machine)."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   silence_logs=logging.CRITICAL) as c:
         yield c
 
@@ -124,7 +125,7 @@ def test_workers_running_other_code_are_refused(cluster, monkeypatch):
 def test_a_scheduler_without_workers_is_refused(monkeypatch):
     monkeypatch.setattr(parallel, "CONNECT_TIMEOUT", 1.0)
     net, pg = netgen.tiny(0).net()
-    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", dashboard_address=None,
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", dashboard_address=":0",
                                   silence_logs=logging.CRITICAL) as empty:
         address = empty.scheduler_address
         with pytest.raises(ClusterError, match=f"the Dask scheduler at {address} has no workers"):
