@@ -68,13 +68,14 @@ def test_inspect_memory_estimate_on_a_chain(zoo: dict) -> None:
     assert m.weight_bytes > 8 * 16 + 16 * 16
 
 
-def test_commands_do_not_import_tensorflow(int8_model: Path) -> None:
+def test_commands_do_not_import_tensorflow_or_dask(int8_model: Path) -> None:
     code = (
         "import sys; from toolchain.cli.main import main\n"
         f"for a in (['targets'], ['inspect', {str(int8_model)!r}]):\n"
         "    try: main(a)\n"
         "    except SystemExit as e: assert e.code == 0, e.code\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+        "assert 'distributed' not in sys.modules, 'distributed imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
 

@@ -18,6 +18,11 @@ import numpy as np
 from toolchain.certify.settings import DEFAULT as DEFAULT_SETTINGS
 from toolchain.errors import ConfigError
 
+# A Dask scheduler address: tcp:// or tls://, a host name, IPv4 or [IPv6] address, a port.
+SCHEDULER_PATTERN = r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
+SCHEDULER_FORM = "a Dask scheduler address tcp://HOST:PORT or tls://HOST:PORT"
+LOCAL_SCHEDULER = "local"  # --scheduler local: this machine, whatever the config's scheduler key says
+
 _NUMBER_OR_LIST = {
     "oneOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 1}]
 }
@@ -75,6 +80,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "samples": {"type": "integer", "minimum": 1},
         "time_limit": {"type": "number", "exclusiveMinimum": 0},
         "max_boxes": {"type": "integer", "minimum": 1},
+        "scheduler": {"type": "string", "pattern": SCHEDULER_PATTERN},
     },
 }
 
@@ -112,6 +118,8 @@ def _describe(error: Any) -> str:
         want = error.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
         return f"key '{_key(where)}': expected {want}, got {type(error.instance).__name__} {error.instance!r}"
+    if v == "pattern" and where == ["scheduler"]:
+        return f"key 'scheduler': expected {SCHEDULER_FORM}, got {error.instance!r}"
     if v == "oneOf":
         return f"key '{_key(where)}': {error.instance!r} has the wrong type or value"
     return f"key '{_key(where)}': {error.message}"
@@ -197,6 +205,7 @@ class Config:
     samples: int  # falsifier / bit-exact sample count
     time_limit: float  # seconds: the certify engines' safety net (when it bites, the verdict is unknown)
     max_boxes: int  # work budget: boxes bounded per region by branch and bound (deterministic)
+    scheduler: str | None = None  # Dask scheduler the certify engines' jobs run on (None: this machine)
 
     def budget(self, output_size: int) -> np.ndarray:
         return np.broadcast_to(np.asarray(self.max_abs_error, dtype=np.float64), (output_size,)).copy()
@@ -257,6 +266,10 @@ def load_config(path: str | Path) -> Config:
                               path)
 
     budget = _vector(data["budget"]["max_abs_error"])
+    scheduler = data.get("scheduler")
+    if scheduler is not None and not is_scheduler_address(scheduler):
+        raise ConfigError(f"key 'scheduler': expected {SCHEDULER_FORM} with a port in 1..65535, got "
+                          f"{scheduler!r}", path)
     return Config(
         path=path,
         name=data.get("name", path.stem),
@@ -272,7 +285,16 @@ def load_config(path: str | Path) -> Config:
         samples=int(data.get("samples", DEFAULT_SAMPLES)),
         time_limit=float(data.get("time_limit", DEFAULT_TIME_LIMIT)),
         max_boxes=int(data.get("max_boxes", DEFAULT_SETTINGS.max_boxes)),
+        scheduler=scheduler,
     )
+
+
+def is_scheduler_address(value: str) -> bool:
+    """tcp://HOST:PORT or tls://HOST:PORT with a port in 1..65535 (whether it answers is checked when
+    the certify engines connect)."""
+    import re
+
+    return re.fullmatch(SCHEDULER_PATTERN, value) is not None and 1 <= int(value.rpartition(":")[2]) <= 65535
 
 
 def check_region(config: Config, input_size: int, output_size: int | None = None) -> None:

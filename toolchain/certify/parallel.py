@@ -5,13 +5,16 @@ network, the prepared int8 graph and the settings, identical for every job of a 
 small job. A `Runner` maps such a function over a list of jobs and returns the results *in the
 order of the jobs*, so a search gives the same answer whichever runner does the work and however
 many workers it has. The problem reaches each worker once: a pool's initializer registers it
-under a token (searches may run side by side), a Dask cluster gets it scattered to every worker.
+under a token (searches may run side by side), a Dask cluster gets it broadcast to every worker.
+`distributed` is imported only when a scheduler address is given.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -94,29 +97,201 @@ class PoolRunner:
         self.pool.shutdown(cancel_futures=True)
 
 
+CONNECT_TIMEOUT = 10.0  # seconds: the scheduler's TCP port, then Dask's handshake, then a first worker
+
+
+class ClusterError(QassureError):
+    """The Dask cluster cannot be used: `distributed` missing, scheduler unreachable, no workers, a
+    scheduler or workers running other code than this process (the certificate would depend on where
+    jobs ran), or the cluster failing under the search (exit 2, one line, like any bad input)."""
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ClusterError("a Dask scheduler was given but the `distributed` package is not installed: "
+                           "pip install 'distributed>=2024.1'") from None
+    return distributed
+
+
+def _split_address(address: str) -> tuple[str, str, int]:
+    """tcp://HOST:PORT or tls://HOST:PORT (HOST may be [IPv6]) -> (scheme, host, port)."""
+    scheme, sep, rest = address.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if not sep or not colon or not host or not port.isdigit():
+        raise ClusterError(f"not a Dask scheduler address: {address!r} (expected tcp://HOST:PORT)")
+    return scheme, host.strip("[]"), int(port)
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Fail fast, in one line, when no Dask scheduler answers at `address`: refused, unknown host, no
+    answer, or (tcp://) a server that does not open with Dask's handshake. A Dask server writes its
+    handshake first; Dask's own client would wait for it forever (e.g. on the dashboard's HTTP port),
+    and on a refused port retry until its timeout. A TLS server waits for the client, so tls://
+    addresses are only checked for a listening port. Also ClusterError when `distributed` is missing."""
+    import socket
+
+    _distributed()
+    scheme, host, port = _split_address(address)
+    seconds = CONNECT_TIMEOUT if timeout is None else timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=seconds)
+    except (OSError, OverflowError) as exc:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {_reason(exc)}") from None
+    with sock:
+        if scheme != "tcp":
+            return
+        try:
+            first = sock.recv(1)
+        except TimeoutError:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: the server there sent no Dask "
+                               f"handshake within {seconds:g} s (a scheduler listens on 8786 by default, its "
+                               "dashboard on 8787)") from None
+        except OSError as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {_reason(exc)}") from None
+        if not first:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: the server there closed the "
+                               "connection without Dask's handshake")
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def code_identity() -> dict[str, str]:
+    """What a job's result depends on besides its arguments: qassure's sources and the numeric
+    packages. Every Dask worker must report the same as the client process."""
+    import hashlib
+    from importlib import metadata
+    from pathlib import Path
+
+    import toolchain
+
+    root = Path(toolchain.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    identity = {"qassure": f"{toolchain.__version__} (sources {digest.hexdigest()[:12]})"}
+    for package in ("numpy", "scipy", "numba", "highspy"):
+        try:
+            identity[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            identity[package] = "not installed"
+    return identity
+
+
+# One qassure job at a time per worker process, however many threads the worker has: the executor's
+# per-op constant cache (toolchain.execute.kernels._cache) is not thread-safe.
+_JOB_LOCK = threading.Lock()
+
+
+def _run_job(fn, problem: Problem, job):
+    with _JOB_LOCK:
+        return fn(problem, job)
+
+
 class DaskRunner:
-    """A Dask distributed cluster at `address` (tcp://HOST:PORT); the problem is scattered to every
-    worker once and each job is one task."""
+    """A Dask distributed cluster at `address` (tcp://HOST:PORT or tls://HOST:PORT).
+
+    Connecting checks that the scheduler and the workers run the same qassure and numeric packages (else
+    the certificate would depend on where each job ran); the problem is then broadcast to every worker
+    once, each job is one task (pure=False: never merged with another search's), and results are
+    gathered in job order. A job's exception is re-raised here with its own type (SoundnessViolation,
+    QassureError); a cluster that fails under the search (scheduler lost, a job killing its workers)
+    is one ClusterError. While the runner is open, Dask's own log lines in this process are dropped
+    (they carry tracebacks; what matters reaches the caller as an exception)."""
 
     def __init__(self, problem: Problem, address: str) -> None:
+        distributed = _distributed()
+        probe_scheduler(address)
+        self.address = address
+        self._hush = _DaskLogs()
         try:
-            from distributed import Client
-        except ImportError:
-            raise QassureError("a scheduler address was given but Dask's `distributed` package is not "
-                               "installed (pip install distributed)") from None
+            self.client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, TypeError, ValueError) as exc:  # TypeError: tls:// without TLS config
+            self._hush.restore()
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {_reason(exc)}") from None
         try:
-            self.client = Client(address, timeout=30, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            raise QassureError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
-        self.workers = max(1, sum(self.client.nthreads().values()))
-        [self.problem] = self.client.scatter([problem], broadcast=True)
+            self.workers = _check_workers(self.client, address)
+            [self.problem] = self.client.scatter([problem], broadcast=True, hash=False)
+        except (OSError, TimeoutError) as exc:  # the scheduler went away while we set up
+            self.close()
+            raise ClusterError(f"lost the Dask scheduler at {address}: {_reason(exc)}") from None
+        except BaseException:
+            self.close()
+            raise
 
     def map(self, fn, jobs):
-        futures = [self.client.submit(fn, self.problem, job, pure=False) for job in jobs]
-        return self.client.gather(futures)
+        from distributed.client import FutureCancelledError
+        from distributed.comm.core import CommClosedError
+        from distributed.scheduler import KilledWorker
+
+        futures = [self.client.submit(_run_job, fn, self.problem, job, pure=False) for job in jobs]
+        try:
+            return self.client.gather(futures)
+        except (FutureCancelledError, CommClosedError, KilledWorker) as exc:  # the cluster, not the job
+            raise ClusterError(f"the Dask cluster at {self.address} failed during the search: "
+                               f"{_reason(exc)}") from None
+        except BaseException:
+            self.client.cancel(futures)  # the rest of the batch would only load the cluster
+            raise
 
     def close(self) -> None:
-        self.client.close()
+        """Close the client (its scattered problem and futures are released on the cluster); a cluster
+        already gone is no reason to hide the error on its way up."""
+        try:
+            self.client.close(timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            self._hush.restore()
+
+
+_DASK_LOGGERS = ("distributed", "tornado", "bokeh")  # the loggers `distributed` gives stderr handlers
+
+
+class _DaskLogs(logging.Filter):
+    """Drops every record of Dask's (and its tornado's) stderr handlers in this process until restore()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        loggers = [lg for name, lg in logging.root.manager.loggerDict.items()
+                   if name.split(".")[0] in _DASK_LOGGERS and isinstance(lg, logging.Logger)]
+        self.handlers = [h for lg in loggers for h in lg.handlers]
+        for h in self.handlers:
+            h.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+    def restore(self) -> None:
+        for h in self.handlers:
+            h.removeFilter(self)
+
+
+def _check_workers(client, address: str) -> int:
+    """The number of worker processes, once at least one is there and the scheduler (it unpickles the
+    tasks) and every worker run this process's code."""
+    try:
+        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+    except TimeoutError:
+        raise ClusterError(f"the Dask scheduler at {address} has no workers (start some with "
+                           f"`dask worker {address}`)") from None
+    here = code_identity()
+    try:
+        reports = {f"scheduler {address}": client.run_on_scheduler(code_identity)}
+        reports.update((f"worker {w}", r) for w, r in sorted(client.run(code_identity).items()))
+    except Exception as exc:  # e.g. toolchain is not installed there, or is another version
+        raise ClusterError(f"the Dask cluster at {address} cannot run this qassure ({_reason(exc)}): install "
+                           "the same qassure on the scheduler and every worker") from None
+    for where, there in reports.items():
+        for name, version in here.items():
+            if there.get(name) != version:
+                raise ClusterError(f"the Dask {where} runs {name} {there.get(name)} but this process runs "
+                                   f"{version}: install the same versions on the scheduler and every worker")
+    return len(reports) - 1
 
 
 def make_runner(problem: Problem, workers: int = 1, scheduler: str | None = None) -> Runner:

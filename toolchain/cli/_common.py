@@ -19,7 +19,11 @@ METHOD_HELP = "Certify engine: " + " | ".join(METHODS) + " (docs/reference.md sa
 MAX_BOXES_HELP = "Work budget: boxes bounded per region, deterministic (default: the config's max_boxes)."
 TIME_LIMIT_HELP = ("Safety net in seconds (default: the config's time_limit); when it bites, the verdict is "
                    "unknown and the certificate says so.")
-WORKERS_HELP = "Processes for input splitting (default: every CPU this process may use)."
+WORKERS_HELP = ("Processes for input splitting (default: every CPU this process may use); ignored when a "
+                "Dask scheduler is given.")
+SCHEDULER_HELP = ("Dask scheduler tcp://HOST:PORT (or tls://): the certify engines' jobs run on that cluster "
+                  "and the certificate is the same as on this machine; `local` runs here even when the "
+                  "config names one (default: the config's scheduler key, else this machine).")
 
 
 @dataclass
@@ -68,6 +72,16 @@ def check_method(method: str) -> None:
     """--method must name a certify engine (exit 2 otherwise)."""
     if method not in METHODS:
         raise QassureError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+
+
+def check_scheduler(scheduler: str | None) -> None:
+    """--scheduler must be `local` or a tcp:// / tls:// address (exit 2 otherwise); whether it answers is
+    checked before the first slow step."""
+    from toolchain.config import LOCAL_SCHEDULER, SCHEDULER_FORM, is_scheduler_address
+
+    if scheduler is not None and scheduler != LOCAL_SCHEDULER and not is_scheduler_address(scheduler):
+        raise QassureError(f"--scheduler {scheduler!r}: expected {SCHEDULER_FORM} (port 1..65535) or "
+                           f"{LOCAL_SCHEDULER}")
 
 
 @contextlib.contextmanager

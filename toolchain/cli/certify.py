@@ -16,9 +16,11 @@ import typer
 from toolchain.cli._common import (
     MAX_BOXES_HELP,
     METHOD_HELP,
+    SCHEDULER_HELP,
     TIME_LIMIT_HELP,
     WORKERS_HELP,
     check_method,
+    check_scheduler,
     emit_json,
     progress_display,
     result,
@@ -33,6 +35,7 @@ def command(
     max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
     time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
     out: Path | None = typer.Option(None, "--out",
                                     help="Output directory (default build/<config>/<target>.certify)."),
     json_out: bool = typer.Option(False, "--json", help="Print the certificate as one JSON object."),
@@ -42,12 +45,14 @@ def command(
     from toolchain.config import load_config
     from toolchain.emit.artifact import certificate_dict, write_certify_outputs
     from toolchain.errors import EXIT_FAIL, EXIT_PASS
-    from toolchain.gate.run import certify_models, make_models
+    from toolchain.gate.run import certify_models, check_scheduler_answers, make_models
     from toolchain.targets import load_target
 
     check_method(method)
+    check_scheduler(scheduler)
     cfg = load_config(config)
     tgt = load_target(target)
+    check_scheduler_answers(cfg, scheduler)
     out_dir = out if out is not None else Path("build") / cfg.name / f"{tgt.name}.certify"
     tmp_dir = tempfile.TemporaryDirectory(prefix="qassure-certify-")
     with tmp_dir as tmp, progress_display(not json_out) as progress:
@@ -55,7 +60,8 @@ def command(
         models = make_models(cfg, tgt, Path(tmp))
         t0 = time.perf_counter()
         cert = certify_models(cfg, tgt, models.pair, method=method, time_limit=time_limit,
-                              max_boxes=max_boxes, workers=workers or available_cpus(), progress=progress)
+                              max_boxes=max_boxes, workers=workers or available_cpus(), scheduler=scheduler,
+                              progress=progress)
         seconds = time.perf_counter() - t0
         path = write_certify_outputs(out_dir, cert, models.pair)
     if json_out:

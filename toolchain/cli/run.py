@@ -9,10 +9,12 @@ import typer
 from toolchain.cli._common import (
     MAX_BOXES_HELP,
     METHOD_HELP,
+    SCHEDULER_HELP,
     SETTINGS,
     TIME_LIMIT_HELP,
     WORKERS_HELP,
     check_method,
+    check_scheduler,
     emit_json,
     progress_display,
     result,
@@ -27,6 +29,7 @@ def command(
     max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
     time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
     out: Path = typer.Option(Path("build"), "--out", help="Root of build/<config>/<target>/."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the summary."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the verdict line."),
@@ -41,10 +44,12 @@ def command(
     elif verbose:
         SETTINGS.verbosity = 1
     check_method(method)
+    check_scheduler(scheduler)
     show = not json_out and SETTINGS.verbosity >= 0
     with progress_display(show) as progress:
         res = run_gate(config, target, out_root=out, method=method, time_limit=time_limit,
-                       max_boxes=max_boxes, workers=workers or available_cpus(), progress=progress)
+                       max_boxes=max_boxes, workers=workers or available_cpus(), scheduler=scheduler,
+                       progress=progress)
     if json_out:
         emit_json(res.to_dict())
     else:

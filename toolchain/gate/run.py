@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.certificate import Certificate
-from toolchain.config import Config, check_region, load_config, representative_samples, sample_shape
+from toolchain.config import (
+    LOCAL_SCHEDULER,
+    Config,
+    check_region,
+    load_config,
+    representative_samples,
+    sample_shape,
+)
 from toolchain.emit import artifact
 from toolchain.errors import EXIT_FAIL, EXIT_PASS, EXIT_SOUNDNESS, SoundnessViolation
 from toolchain.gate.checks import (
@@ -76,13 +83,36 @@ def make_models(config: Config, target: Target, work: Path) -> Models:
     return Models(pair, rep, res.keras_vs_float_max_abs)
 
 
+def scheduler_for(config: Config, override: str | None = None) -> str | None:
+    """The Dask scheduler the certify engines use: `override` (--scheduler; `local` for this machine)
+    over the config's `scheduler` key; None for this machine."""
+    address = config.scheduler if override is None else override
+    return None if address in (None, LOCAL_SCHEDULER) else address
+
+
+def check_scheduler_answers(config: Config, override: str | None = None) -> None:
+    """Before any slow step: the scheduler (if any) answers and `distributed` is installed (ClusterError
+    naming the config otherwise)."""
+    from toolchain.certify.parallel import ClusterError, probe_scheduler
+
+    address = scheduler_for(config, override)
+    if address is not None:
+        try:
+            probe_scheduler(address)
+        except ClusterError as exc:
+            raise ClusterError(str(exc), config.path) from None
+
+
 def certify_models(config: Config, target: Target, pair: ModelPair, *, method: str = "auto",
                    time_limit: float | None = None, max_boxes: int | None = None, workers: int = 1,
-                   progress: Progress = _quiet) -> Certificate:
+                   scheduler: str | None = None, progress: Progress = _quiet) -> Certificate:
     """Run the certify engines on the pair over the config's region; hashes of the inputs filled in.
 
-    `time_limit` and `max_boxes` override the config's (the safety net, and the work budget)."""
+    `time_limit` and `max_boxes` override the config's (the safety net, and the work budget);
+    `scheduler` the config's Dask scheduler (`local`: this machine, `workers` processes). On a cluster
+    `workers` is ignored; the certificate is the same either way."""
     from toolchain.certify import certifier
+    from toolchain.certify.parallel import ClusterError
     from toolchain.certify.region import Box
     from toolchain.certify.settings import DEFAULT
 
@@ -92,9 +122,16 @@ def certify_models(config: Config, target: Target, pair: ModelPair, *, method: s
     settings = DEFAULT.replace(time_limit=config.time_limit if time_limit is None else time_limit,
                                max_boxes=config.max_boxes if max_boxes is None else max_boxes,
                                falsify_samples=config.samples)
-    cert = certifier.certify(pair.net, pair.prepared, boxes, budget=config.budget(ig.output.size).tolist(),
-                             target=target.name, method=method, settings=settings, workers=workers,
-                             decision=config.decision, progress=progress)
+    budget = config.budget(ig.output.size).tolist()
+    address = scheduler_for(config, scheduler)
+    if address is not None:
+        progress(f"connecting to the Dask scheduler at {address}")
+    try:
+        cert = certifier.certify(pair.net, pair.prepared, boxes, budget=budget, target=target.name,
+                                 method=method, settings=settings, workers=workers, scheduler=address,
+                                 decision=config.decision, progress=progress)
+    except ClusterError as exc:
+        raise ClusterError(str(exc), config.path) from None
     hashes = {artifact.FLOAT_TFLITE_NAME: pair.float_sha256, artifact.INT8_TFLITE_NAME: pair.int8_sha256,
               "config": _sha256_file(config.path)}
     if config.model is not None and Path(config.model).is_file():
@@ -104,8 +141,10 @@ def certify_models(config: Config, target: Target, pair: ModelPair, *, method: s
 
 def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str = "build",
              method: str = "auto", time_limit: float | None = None, max_boxes: int | None = None,
-             workers: int = 1, progress: Progress = _quiet, emit: bool = True) -> GateResult:
-    """Run the whole gate; QassureError (exit 2) propagates for bad input."""
+             workers: int = 1, scheduler: str | None = None, progress: Progress = _quiet,
+             emit: bool = True) -> GateResult:
+    """Run the whole gate; QassureError (exit 2) propagates for bad input. `scheduler`: see
+    certify_models."""
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -117,6 +156,7 @@ def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str 
 
     config = load_config(config_path)
     target = load_target(target_name)
+    check_scheduler_answers(config, scheduler)
     checks: list[Check] = []
     cert: Certificate | None = None
     metrics: dict[str, float] = {}
@@ -144,7 +184,8 @@ def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str 
         progress(f"certifying over {len(boxes)} region(s), method {method}")
         try:
             cert = certify_models(config, target, pair, method=method, time_limit=time_limit,
-                                  max_boxes=max_boxes, workers=workers, progress=progress)
+                                  max_boxes=max_boxes, workers=workers, scheduler=scheduler,
+                                  progress=progress)
             done("certify")
             checks += certificate_checks(cert, config)
             step("sampling")
