@@ -293,9 +293,8 @@ def resnet_input_scale(case_dir: Path, base: dict[str, Any], images: np.ndarray)
         if stored.get("key") == key:
             return float(stored["scale"])
     from toolchain.config import load_config
-    from toolchain.pipeline import make_models
+    from toolchain.gate.run import make_models
     from toolchain.targets import load_target
-    from toolchain.tflite import reader
 
     probe_dir = Path(tempfile.mkdtemp(prefix="lsb-", dir=case_dir))
     try:
@@ -304,7 +303,7 @@ def resnet_input_scale(case_dir: Path, base: dict[str, Any], images: np.ndarray)
                                                "count": BALLS}}}
         cfg = load_config(write_config(probe_dir / "config.yaml", _suite_settings(probe, "lsb-probe", 1.0)))
         models = make_models(cfg, load_target(TARGET), probe_dir / "models")
-        quant = reader.read_model(models.int8_tflite).input.quant
+        quant = models.pair.int8_graph.input.quant
         assert quant is not None
         scale, zero_point = quant.scalar()
     finally:
