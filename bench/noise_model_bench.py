@@ -170,8 +170,9 @@ def rounding_coefficients(net: MergedNet, analysis: Analysis, Lf: np.ndarray,
         node = net.nodes[t]
         lf, lq = lam_f.pop(t), lam_q.pop(t)
         lines = analysis.lines[t]
-        if lines is None:  # an exact (linear) node: p and u are its y and ŷ, no rounding
+        if lines is None:  # a linear node: p and u are its y and ŷ
             P, U = lf, lq
+            const += P @ node.c_f + U @ node.c_q + np.abs(U) @ node.noise
         else:
             P, U = fused.relax(lf, lq, owner, lines.packed, node.c_f, node.c_q, node.noise, const)
         terms[t] = U
