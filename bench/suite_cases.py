@@ -295,7 +295,6 @@ def resnet_input_scale(case_dir: Path, base: dict[str, Any], images: np.ndarray)
     from toolchain.config import load_config
     from toolchain.gate.run import make_models
     from toolchain.targets import load_target
-    from toolchain.tflite import reader
 
     probe_dir = Path(tempfile.mkdtemp(prefix="lsb-", dir=case_dir))
     try:
