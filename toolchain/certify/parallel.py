@@ -182,8 +182,9 @@ def code_identity() -> dict[str, str]:
     return identity
 
 
-# One qassure job at a time per worker process, however many threads the worker has: the executor's
-# per-op constant cache (toolchain.execute.kernels._cache) is not thread-safe.
+# One qassure job at a time per worker process, however many threads the worker has: a job already
+# keeps a core busy (BLAS, the compiled relaxation step), and the prepared ops' constants are built
+# lazily on first use without a guard.
 _JOB_LOCK = threading.Lock()
 
 
