@@ -6,7 +6,6 @@ One cluster per module (starting it is most of the cost)."""
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import socket
@@ -50,17 +49,9 @@ def client(cluster):
 
 
 def _kept_on_workers(client) -> dict:
-    """Per worker: keys it holds and entries of the executor's per-op cache (both empty once a search's
-    client has closed and its problem has been collected)."""
-    return {w: (len(keys), client.run(_executor_cache_size, workers=[w])[w])
-            for w, keys in client.has_what().items()}
-
-
-def _executor_cache_size() -> int:
-    from toolchain.execute import kernels
-
-    gc.collect()
-    return len(kernels._cache)
+    """Per worker: the keys it holds (none once a search's client has closed: the problem, with the
+    prepared ops' constants built on it, went with it)."""
+    return {w: len(keys) for w, keys in client.has_what().items()}
 
 
 def _compiled_signatures() -> int:
@@ -85,7 +76,7 @@ def test_cluster_certificate_equals_the_process_pools(cluster, client):
     assert all(r.work["rounds"] > 1 for r in on_cluster.regions)  # branch and bound ran rounds of jobs
     # The jobs ran on the workers, through the numba-compiled differential pass.
     assert all(n > 0 for n in client.run(_compiled_signatures).values())
-    assert all(kept == (0, 0) for kept in _kept_on_workers(client).values())
+    assert all(kept == 0 for kept in _kept_on_workers(client).values())
 
 
 def boom(problem: Problem, job: int) -> int:
@@ -110,7 +101,7 @@ def test_a_job_error_comes_back_with_its_type_and_nothing_stays(cluster, client)
             runner.map(boom, [4])
     finally:
         runner.close()
-    assert all(kept == (0, 0) for kept in _kept_on_workers(client).values())
+    assert all(kept == 0 for kept in _kept_on_workers(client).values())
 
 
 def test_workers_running_other_code_are_refused(cluster, monkeypatch):

@@ -111,7 +111,8 @@ def check_bitexact(path: Path | str, target: Target, samples: int = 100, seed: i
     if samples < 1 and inputs is None:
         raise QassureError("--samples must be at least 1")
     pg = prepare.prepare(graph, target.rounding) if prepared is None else prepared
-    xs = random_inputs(graph, samples, seed) if inputs is None else np.asarray(inputs, dtype=graph.input.dtype)
+    xs = (random_inputs(graph, samples, seed) if inputs is None
+          else np.asarray(inputs, dtype=graph.input.dtype))
     try:
         run = execute.run(pg, xs, keep_intermediates=True)
     except ArithmeticError as exc:  # e.g. an input on which TFLM itself would abort: never hand it over

@@ -59,7 +59,7 @@ class RegionCertificate:
     bound: float  # max_k upper
     lower: float  # max_k lower
     method: str
-    stopped: str  # why the engine stopped: decided, work budget spent, nothing left to refine, time limit, ...
+    stopped: str  # why the engine stopped: decided, work budget spent, stalled, time limit, ...
     work: dict[str, int] = field(default_factory=dict)  # boxes bounded, cell enumerations, MILP solves/nodes
     saturations: list[Saturation] = field(default_factory=list)
     decision: dict | None = None  # {"kind": "top1", "certified": bool, ...}

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.arith import Rounding
 from toolchain.certify import falsify
 from toolchain.certify.region import Box
-from toolchain.arith import Rounding
 from toolchain.merge import MergedNet, build
 from toolchain.tflite import ir, prepare, reader
 from toolchain.tflite.pair_check import validate_pair

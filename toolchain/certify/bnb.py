@@ -68,7 +68,8 @@ def _parents(net: MergedNet, ranges: list[Ranges], bounds: list[ErrorBound]) -> 
     nodes, at = [], 0
     for node in net.nodes:
         v = values[:, :, at:at + node.size]
-        nodes.append(NodeBounds(v[:, 0], v[:, 1], v[:, 2], v[:, 3], v[:, 4], v[:, 5], exact[:, at:at + node.size]))
+        pl, ph, ul, uh, dl, dh = (v[:, i] for i in range(6))
+        nodes.append(NodeBounds(pl, ph, ul, uh, dl, dh, exact[:, at:at + node.size]))
         at += node.size
     bound = ErrorBound(np.stack([b.low for b in bounds]), np.stack([b.high for b in bounds]))
     empty = BoxBatch(np.zeros((len(ranges), 1)), np.zeros((len(ranges), 1)))
@@ -134,7 +135,7 @@ def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOu
     return Bounded(a.bound.item(0).meet(by_cells), Ranges.of(a, 0), candidates), outputs, work
 
 
-def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, int]]:
+def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, float]]:
     """The box bounded by the exact MILP (settings.milp_leaf_nodes nodes per solve)."""
     from toolchain.certify.milp import milp_bounds
 
@@ -202,7 +203,7 @@ def cut_at(net: MergedNet, box: Box, dim: int, cell_edge_cells: float) -> float:
     return float(mid)
 
 
-def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float) -> list[tuple[Box, Box]]:
+def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float) -> list[tuple[Box, ...]]:
     """The candidate splits of a leaf (each a pair of children), best first."""
     box = leaf.box
     if leaf.cells is not None:
@@ -217,7 +218,7 @@ def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float) ->
     for dim, at in cuts:
         if not box.low[dim] < at < box.high[dim]:
             continue
-        children = box.cut(dim, at)
+        children: tuple[Box, ...] = box.cut(dim, at)
         if net.input_interface == "int8":  # keep only int8-representable inputs
             children = tuple(c.snap_to_grid(net.input_scale, net.input_zero_point) for c in children)
         out.append(children)
@@ -353,8 +354,8 @@ def branch_and_bound(
                 stuck.append(leaf)  # cannot be split further: its bound stays as it is
                 slots[id(leaf)] = store.add(leaf.bound)
                 continue
-            best = min(options.values(), key=lambda kids: sorted((float(k[2].bound.upper.max()) for k in kids),
-                                                                 reverse=True))
+            best = min(options.values(),
+                       key=lambda kids: sorted((float(k[2].bound.upper.max()) for k in kids), reverse=True))
             for child, sub, b in best:
                 add(Leaf(child, b.bound, b.ranges, leaf.depth + 1, leaf.key, sub))
                 fresh.append(child.center[None])

@@ -31,7 +31,6 @@ from toolchain.merge import MergedNet
 from toolchain.tflite.prepare import PreparedGraph
 
 
-
 def cells_per_input(net: MergedNet, box: Box) -> np.ndarray | None:
     """Number of input cells the box meets along each input (None: the grid is too fine to be
     counted in float64, |x| / s >= 2^22)."""
@@ -61,7 +60,7 @@ def _cell_grid(box: Box, s: float) -> tuple[np.ndarray, tuple[int, ...], np.ndar
     """The cells a box meets: first index per input, count per input, and every cell's index
     vector (cells, D) in C order of that grid."""
     k_lo, k_hi = _cell_range(box, s)
-    ks = [np.arange(a, b + 1) for a, b in zip(k_lo, k_hi)]
+    ks = [np.arange(a, b + 1) for a, b in zip(k_lo, k_hi, strict=True)]
     grids = np.meshgrid(*ks, indexing="ij")
     return k_lo, tuple(k.size for k in ks), np.stack([g.ravel() for g in grids], axis=1)
 
@@ -81,10 +80,11 @@ class CellOutputs:
         stop = (k_hi - self.k_lo).astype(np.int64) + 1
         if np.any(first < 0) or np.any(stop > np.array(self.q.shape[:-1])):
             raise ValueError("box is not inside the enumerated box")
-        return CellOutputs(k_lo, self.q[tuple(slice(a, b) for a, b in zip(first, stop))])
+        return CellOutputs(k_lo, self.q[tuple(slice(a, b) for a, b in zip(first, stop, strict=True))])
 
 
-def device_outputs(net: MergedNet, pg: PreparedGraph, box: Box, chunk: int = DEFAULT.cell_chunk) -> CellOutputs:
+def device_outputs(net: MergedNet, pg: PreparedGraph, box: Box,
+                   chunk: int = DEFAULT.cell_chunk) -> CellOutputs:
     """Run the exact executor once per input cell of the box, at the cell's grid value s k (whose
     quantization is k, clamped to int8 as on the device), `chunk` cells per executor call."""
     k_lo, shape, flat = _cell_grid(box, net.input_scale)
@@ -134,11 +134,12 @@ def device_ranges_and_outputs(
             v = r.tensors[ti].reshape(at.stop - at.start, -1).astype(np.int64) - net.nodes[t].zero_point
             lo[t] = v.min(axis=0) if lo[t] is None else np.minimum(lo[t], v.min(axis=0))
             hi[t] = v.max(axis=0) if hi[t] is None else np.maximum(hi[t], v.max(axis=0))
-    ranges = [None if a is None else (a, b) for a, b in zip(lo, hi)]
+    ranges = [None if a is None else (a, b) for a, b in zip(lo, hi, strict=True)]
     return ranges, None if q is None else CellOutputs(k_lo, q.reshape(shape + (net.n_outputs,)))
 
 
-def cell_bounds(net: MergedNet, box: Box, analysis: Analysis, outputs: CellOutputs) -> tuple[ErrorBound, np.ndarray]:
+def cell_bounds(net: MergedNet, box: Box, analysis: Analysis,
+                outputs: CellOutputs) -> tuple[ErrorBound, np.ndarray]:
     """Certified range of y_K - ŷ_K over the box from the device's output on each of its cells, and
     the inputs where it is reached (witness candidates, inside the box).
 
@@ -159,8 +160,9 @@ def cell_bounds(net: MergedNet, box: Box, analysis: Analysis, outputs: CellOutpu
     node = net.nodes[net.output]
     y_min, y_max = (a[0] for a in analysis.nodes[net.output].y(node))
     # max / min of an affine function over a product of intervals is a sum of per-input terms.
-    up = c_hi + sum(_term(g_hi[:, d], lows[d], highs[d], np.maximum, len(shape), d) for d in range(len(shape)))
-    lo = c_lo + sum(_term(g_lo[:, d], lows[d], highs[d], np.minimum, len(shape), d) for d in range(len(shape)))
+    dims = range(len(shape))
+    up = c_hi + sum(_term(g_hi[:, d], lows[d], highs[d], np.maximum, len(shape), d) for d in dims)
+    lo = c_lo + sum(_term(g_lo[:, d], lows[d], highs[d], np.minimum, len(shape), d) for d in dims)
     yq = node.scale * (outputs.q.astype(np.float64) - node.zero_point)
     e_hi = np.minimum(up, y_max) - yq
     e_lo = np.maximum(lo, y_min) - yq

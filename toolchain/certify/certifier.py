@@ -71,8 +71,8 @@ def certify(
             if net.input_interface == "int8":
                 box = box.snap_to_grid(net.input_scale, net.input_zero_point)
             say(f"region {i + 1}/{len(boxes)}: falsifying")
-            regions.append(certify_region(problem, box, np.asarray(budgets), method, runner, settings.seed + i,
-                                          deadline, say, decision))
+            regions.append(certify_region(problem, box, np.asarray(budgets), method, runner,
+                                          settings.seed + i, deadline, say, decision))
     finally:
         runner.close()
     outputs = [
@@ -84,9 +84,10 @@ def certify(
     notes = list(net.notes)
     timed_out = [i for i, r in enumerate(regions) if r.stopped == STOP_TIME]
     if timed_out:
-        notes.append(f"the time limit ({settings.time_limit:g} s, a safety net) stopped the search on region(s) "
-                     f"{', '.join(str(i + 1) for i in timed_out)} before its work budget was spent: the verdict "
-                     "is unknown (raise time_limit, or lower max_boxes for a bound that comes back sooner)")
+        where = ", ".join(str(i + 1) for i in timed_out)
+        notes.append(f"the time limit ({settings.time_limit:g} s, a safety net) stopped the search on "
+                     f"region(s) {where} before its work budget was spent: the verdict is unknown (raise "
+                     "time_limit, or lower max_boxes / max_work for a bound that comes back sooner)")
     if decision == "top1":
         ok = all(r.decision and r.decision["certified"] for r in regions)
         notes.append(f"decision top1 on {net.certified_tensor}: " + ("certified on every region" if ok else

@@ -34,7 +34,8 @@ def margins(net: MergedNet, box: Box, analysis: Analysis, c: int) -> tuple[np.nd
     return float_margin, int8_margin
 
 
-def top1(net: MergedNet, pg: PreparedGraph, box: Box, analysis: Analysis, samples: int = 500, seed: int = 0) -> dict:
+def top1(net: MergedNet, pg: PreparedGraph, box: Box, analysis: Analysis, samples: int = 500,
+         seed: int = 0) -> dict:
     """{"kind": "top1", "certified", "refuted", "class", margins, and a counterexample if found}."""
     rng = np.random.default_rng(seed)
     center = box.center[None]
@@ -55,8 +56,8 @@ def top1(net: MergedNet, pg: PreparedGraph, box: Box, analysis: Analysis, sample
         return result
     xs = np.vstack([center, box.sample(samples // 2, rng), box.corners(samples // 2, rng)])
     y = net.forward_float(xs)[net.output]
-    r = F.run(pg, F.quantized_input(net, pg, xs), keep_intermediates=True)
-    q = r.tensors[net.int8_output_tensor].reshape(len(xs), -1)
+    r = F.run(pg, F.quantized_input(net, pg, xs), until=net.int8_output_tensor)
+    q = r.output.reshape(len(xs), -1)
     diff = np.argmax(y, axis=1) != np.argmax(q, axis=1)  # np.argmax takes the first maximum, as the device
     if diff.any():
         i = int(np.argmax(diff))

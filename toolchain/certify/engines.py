@@ -71,8 +71,8 @@ def _milp(task: RegionTask) -> EngineResult:
     p = task.problem
     m = milp_bounds(p.net, task.box, task.root, p.settings, witness=task.found, pg=p.pg,
                     seconds=max(1.0, task.deadline - time.monotonic()))
-    return EngineResult(task.root.bound.item(0).meet(m.bound), m.stopped, dict(m.work, boxes=1), notes=m.notes,
-                        details=m.details)
+    return EngineResult(task.root.bound.item(0).meet(m.bound), m.stopped, dict(m.work, boxes=1),
+                        notes=m.notes, details=m.details)
 
 
 def _split(task: RegionTask, stop_near_witness: bool) -> EngineResult:
@@ -84,15 +84,18 @@ def _split(task: RegionTask, stop_near_witness: bool) -> EngineResult:
     if decided(task.root.bound.item(0)):
         return EngineResult(task.root.bound.item(0), STOP_DECIDED, {"boxes": 1})
     return branch_and_bound(task.problem, task.root, task.runner, decided=decided, probe=task.probe,
-                            progress=task.progress, deadline=task.deadline, stop_when_stalled=stop_near_witness)
+                            progress=task.progress, deadline=task.deadline,
+                            stop_when_stalled=stop_near_witness)
 
 
 ENGINES: dict[str, Engine] = {
     e.name: e
     for e in (
-        Engine("auto", "differential, then branch and bound until the budget is decided or the bound is within "
-               "target_ratio of the witness (or the work budget is spent)", lambda t: _split(t, True)),
-        Engine("interval", "the naive merged-network baseline: independent intervals on each side", _interval),
+        Engine("auto", "differential, then branch and bound until the budget is decided, the bound is "
+               "within target_ratio of the witness, splitting stalls, or the work budget is spent",
+               lambda t: _split(t, True)),
+        Engine("interval", "the naive merged-network baseline: independent intervals on each side",
+               _interval),
         Engine("differential", "linear bounds over both sides at once, the difference relaxed directly",
                _differential),
         Engine("milp", "the exact MILP encoding on HiGHS (sound dual bound, node limit)", _milp),

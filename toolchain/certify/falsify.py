@@ -15,8 +15,8 @@ import numpy as np
 from toolchain.certify.region import Box
 from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.execute import run
-from toolchain.ops.quantize import affine_quantize
 from toolchain.merge import MergedNet
+from toolchain.ops.quantize import affine_quantize
 from toolchain.tflite.prepare import PreparedGraph
 
 
@@ -67,7 +67,8 @@ def scaled_plan(net: MergedNet, settings: Settings) -> Settings:
                             edge_starts=max(1, int(settings.edge_starts * f)))
 
 
-def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DEFAULT, seed: int = 0) -> Found:
+def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DEFAULT,
+            seed: int = 0) -> Found:
     """Sample the box (centre, uniform points, vertices: settings.falsify_samples), hill-climb from
     the incumbents of the settings.falsify_outputs outputs with the largest errors
     (settings.falsify_steps steps), then attack the input cells' edges from there; all within
@@ -78,7 +79,8 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
     n_out = net.n_outputs
     # Points per evaluation batch: a few million float64 activations at most.
     batch = int(np.clip(2**22 // max(1, sum(n.size for n in net.nodes)), 1, 512))
-    pts = np.vstack([box.center[None], box.sample(max(1, samples // 2), rng), box.corners(max(1, samples // 2), rng)])
+    half = max(1, samples // 2)
+    pts = np.vstack([box.center[None], box.sample(half, rng), box.corners(half, rng)])
     if net.input_interface == "int8":
         pts = snap_to_input_grid(net, pts, box)
     errs = np.vstack([np.abs(errors(net, pg, pts[i : i + batch])) for i in range(0, len(pts), batch)])
@@ -107,7 +109,8 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
     attack_rng = np.random.default_rng(seed + 7919)
     for k in searched:
         for sign in (1.0, -1.0):
-            starts = np.vstack([inputs[k][None], box.center[None], box.sample(settings.edge_starts, attack_rng)])
+            fresh = box.sample(settings.edge_starts, attack_rng)
+            starts = np.vstack([inputs[k][None], box.center[None], fresh])
             e, x = edge_attack(net, pg, box, starts, int(k), sign, attack_rng, steps=settings.edge_steps)
             if e > lower[k]:
                 lower[k], inputs[k] = e, x
@@ -115,8 +118,8 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
 
 
 def edge_attack(
-    net: MergedNet, pg: PreparedGraph, box: Box, starts: np.ndarray, k: int, sign: float, rng: np.random.Generator,
-    steps: int = 20,
+    net: MergedNet, pg: PreparedGraph, box: Box, starts: np.ndarray, k: int, sign: float,
+    rng: np.random.Generator, steps: int = 20,
 ) -> tuple[float, np.ndarray]:
     """Projected gradient ascent on sign * (y_k - ŷ_k) that exploits the input quantization: the
     device sees only the cell of each input, the float model sees the input itself, so each

@@ -85,8 +85,8 @@ def concretize_rows(G, k, owner, center, radius, out):  # pragma: no cover - com
         out[r] = s
 
 
-def relax(Lf: np.ndarray, Lq: np.ndarray, owner: np.ndarray, packed: np.ndarray, cf: np.ndarray, cq: np.ndarray,
-          noise: np.ndarray, const: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def relax(Lf: np.ndarray, Lq: np.ndarray, owner: np.ndarray, packed: np.ndarray, cf: np.ndarray,
+          cq: np.ndarray, noise: np.ndarray, const: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(P, U) for objective rows (R, n) of boxes `owner`; const (R,) is raised in place."""
     P = np.empty(Lf.shape)
     U = np.empty(Lf.shape)
@@ -95,7 +95,9 @@ def relax(Lf: np.ndarray, Lq: np.ndarray, owner: np.ndarray, packed: np.ndarray,
     return P, U
 
 
-def concretize(G: np.ndarray, k: np.ndarray, owner: np.ndarray, center: np.ndarray, radius: np.ndarray) -> np.ndarray:
+def concretize(G: np.ndarray, k: np.ndarray, owner: np.ndarray, center: np.ndarray,
+               radius: np.ndarray) -> np.ndarray:
+    """k + max over each row's box of G x, (R,)."""
     out = np.empty(G.shape[0])
     concretize_rows(np.ascontiguousarray(G), np.ascontiguousarray(k), owner, center, radius, out)
     return out

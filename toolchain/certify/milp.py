@@ -38,17 +38,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from toolchain.certify import relax
-from toolchain.certify.region import Box
-from toolchain.certify.region import BoxBatch
+from toolchain.certify.region import Box, BoxBatch
 from toolchain.certify.result import STOP_ONE_PASS, EngineResult, ErrorBound
 from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.certify.symbolic import Analysis, exact_input
 from toolchain.errors import QassureError
-from toolchain.margins import MILP_ABS_MARGIN, MILP_LSB_MARGIN, MILP_REL_MARGIN, milp_margin
 from toolchain.margins import MILP_DUAL_TOL as DUAL_TOL
 from toolchain.margins import MILP_FEAS_TOL as MIP_FEAS_TOL
 from toolchain.margins import MILP_GRID_TOL as _GRID_TOL
 from toolchain.margins import MILP_PRIMAL_TOL as PRIMAL_TOL
+from toolchain.margins import milp_margin
 from toolchain.merge import MergedNet
 from toolchain.tflite.prepare import PreparedGraph
 
@@ -110,7 +109,7 @@ class _Builder:
         """out - sum_i A_i in_i within [c - slack, c + slack] (slack 0: equality)."""
         n = out.size
         terms = [(np.arange(n), out, np.ones(n))]
-        for A, iv in zip(mats, ins):
+        for A, iv in zip(mats, ins, strict=True):
             A = sp.coo_matrix(A)
             keep = A.data != 0
             terms.append((A.row[keep], iv[A.col[keep]], -A.data[keep]))
@@ -123,7 +122,7 @@ class _Builder:
         n = w.size
         z = np.empty(n, dtype=np.int64)
         wmin = np.full(n, -1, dtype=np.int64)
-        aux = []
+        aux: list = []
         const_lo = wh <= A
         const_hi = (wl >= B) & ~const_lo
         ident = (wl >= A) & (wh <= B) & ~const_lo & ~const_hi
@@ -255,8 +254,8 @@ def encode(net: MergedNet, box: Box, analysis: Analysis, device_ranges: list | N
             continue
         ins_f = [nv[i].y for i in node.inputs]
         ins_q = [nv[i].r for i in node.inputs]
-        A_f = [A * (scales[i] / s) for A, i in zip(node.A_f, node.inputs)]
-        A_q = [A * (scales[i] / s) for A, i in zip(node.A_q, node.inputs)]
+        A_f = [A * (scales[i] / s) for A, i in zip(node.A_f, node.inputs, strict=True)]
+        A_q = [A * (scales[i] / s) for A, i in zip(node.A_q, node.inputs, strict=True)]
         pl, ph = b.pl / s, b.ph / s
         p = m.var(n, pl, ph)
         m.affine(p, A_f, ins_f, node.c_f / s)
@@ -349,6 +348,7 @@ def assignment(net: MergedNet, enc: Encoding, xs: np.ndarray) -> np.ndarray:
                 rs.append(r0)
                 continue
             x = np.clip(xs / s, lb[v.x], ub[v.x])
+            assert enc.fixed_k0 is not None  # set for every float-interface encoding
             k0 = np.where(np.isnan(enc.fixed_k0), np.floor(x + 0.5), enc.fixed_k0)
             sol[:, v.x] = x
             sol[:, v.k] = k0
@@ -357,8 +357,10 @@ def assignment(net: MergedNet, enc: Encoding, xs: np.ndarray) -> np.ndarray:
             ys.append(x)
             rs.append(r0)
             continue
-        p = node.c_f / s + sum(_mm(ys[i] * (enc.scales[i] / s), A) for i, A in zip(node.inputs, node.A_f))
-        u = node.c_q / s + sum(_mm(rs[i] * (enc.scales[i] / s), A) for i, A in zip(node.inputs, node.A_q))
+        pairs_f = zip(node.inputs, node.A_f, strict=True)
+        pairs_q = zip(node.inputs, node.A_q, strict=True)
+        p = node.c_f / s + sum(_mm(ys[i] * (enc.scales[i] / s), A) for i, A in pairs_f)
+        u = node.c_q / s + sum(_mm(rs[i] * (enc.scales[i] / s), A) for i, A in pairs_q)
         sol[:, v.p] = p
         if node.linear_only:
             sol[:, v.k] = u
@@ -529,7 +531,8 @@ def milp_bounds(
         n_cells = cells.cell_count(net, box)
         if n_cells <= settings.milp_enum_cells:
             ranges, outputs = cells.device_ranges_and_outputs(
-                net, pg, box, n_cells * net.n_outputs <= settings.milp_cell_point_entries, settings.cell_chunk)
+                net, pg, box, n_cells * net.n_outputs <= settings.milp_cell_point_entries,
+                settings.cell_chunk)
             if outputs is not None:
                 # The inputs where the cells' own bound is reached start the solver near the
                 # optimum: with a good incumbent each solve only has to prove its dual bound.
@@ -543,9 +546,12 @@ def milp_bounds(
     n_out = net.n_outputs
     n_col = enc.builder.n_col
     # Hidden rounded values (the integer k of every node but the output).
-    hidden_k = [enc.nodes[t].k for t in range(len(net.nodes)) if t != K and enc.nodes[t].k is not None
-                and not net.nodes[t].linear_only]
-    hidden_k = np.concatenate(hidden_k).astype(np.int32) if hidden_k else np.zeros(0, dtype=np.int32)
+    hidden: list[np.ndarray] = []
+    for t in range(len(net.nodes)):
+        col = enc.nodes[t].k
+        if t != K and not net.nodes[t].linear_only and col is not None:
+            hidden.append(col)
+    hidden_k = np.concatenate(hidden).astype(np.int32) if hidden else np.zeros(0, dtype=np.int32)
     integer_cols = np.concatenate(enc.builder.integer).astype(bool)
     hidden_k = hidden_k[integer_cols[hidden_k]]
 
@@ -577,8 +583,8 @@ def milp_bounds(
                 if cutoff is not None and (k, sign) in bound and bound[(k, sign)] <= cutoff:
                     continue  # already proven below the other sign's incumbent
                 h.setOptionValue("mip_rel_gap", _solver_gap(settings.milp_rel_gap, float(vals[best]), s_K))
-                b, i, msg, x, nodes = _solve_side(h, highspy, n_col, int(yk[k]), int(rk[k]), sign, starts[best],
-                                                  float(vals[best]), cutoff, safety)
+                b, i, msg, x, nodes = _solve_side(h, highspy, n_col, int(yk[k]), int(rk[k]), sign,
+                                                  starts[best], float(vals[best]), cutoff, safety)
                 solves += 1
                 nodes_total += nodes
                 if integer:
@@ -619,5 +625,5 @@ def milp_bounds(
     details = {"columns": n_col, "rows": enc.builder.n_row, "binaries": enc.builder.n_binary,
                "integers": int(integer_cols.sum()) - enc.builder.n_binary, "incumbent": incumbent,
                "gap": (err.upper - incumbent) / np.maximum(err.upper, 1e-300)}
-    return EngineResult(err, STOP_ONE_PASS, {"milp_solves": solves, "milp_nodes": nodes_total}, notes=tuple(status),
-                        details=details)
+    work: dict[str, float] = {"milp_solves": solves, "milp_nodes": nodes_total}
+    return EngineResult(err, STOP_ONE_PASS, work, notes=tuple(status), details=details)

@@ -45,20 +45,20 @@ def _vertex_lines(
     vertices = [lo, hi] + [np.clip(b, lo, hi) for b in breaks]
     values = [h(v) for v in vertices]
     mid = (lo + hi) / 2
-    best_l = best_u = None
+    candidates = []
     for slope in (chord,) + tuple(np.full_like(lo, c) for c in _CANDIDATE_SLOPES):
-        offsets = np.stack([hv - slope * v for hv, v in zip(values, vertices)])
-        bl, bu = offsets.min(axis=0), offsets.max(axis=0)
-        # Mean height of the line over the interval: larger is better below, smaller above.
-        ml, mu = slope * mid + bl, slope * mid + bu
-        if best_l is None:
-            best_l, best_u = (slope, bl, ml), (slope, bu, mu)
-            continue
-        take_l = ml > best_l[2]
-        take_u = mu < best_u[2]
-        best_l = tuple(np.where(take_l, new, old) for new, old in zip((slope, bl, ml), best_l))
-        best_u = tuple(np.where(take_u, new, old) for new, old in zip((slope, bu, mu), best_u))
-    return Lines(best_l[0], best_l[1], best_u[0], best_u[1])
+        offsets = np.stack([hv - slope * v for hv, v in zip(values, vertices, strict=True)])
+        candidates.append((slope, offsets.min(axis=0), offsets.max(axis=0)))
+    # Mean height of each line over the interval: larger is better below, smaller above (the first
+    # candidate wins ties).
+    al, bl = candidates[0][0], candidates[0][1]
+    au, bu = candidates[0][0], candidates[0][2]
+    for slope, low, high in candidates[1:]:
+        take_l = slope * mid + low > al * mid + bl
+        take_u = slope * mid + high < au * mid + bu
+        al, bl = np.where(take_l, slope, al), np.where(take_l, low, bl)
+        au, bu = np.where(take_u, slope, au), np.where(take_u, high, bu)
+    return Lines(al, bl, au, bu)
 
 
 def clamp_lines(lo: np.ndarray, hi: np.ndarray, c_lo: np.ndarray, c_hi: np.ndarray) -> Lines:
@@ -128,10 +128,8 @@ def clamp_difference_lines(
     for where, al, cl, au, cu in cases:
         a_l, c_l = np.where(where, al, a_l), np.where(where, cl, c_l)
         a_u, c_u = np.where(where, au, a_u), np.where(where, cu, c_u)
-    lower = [np.minimum(d + a_l, c_l) for d in (d_lo, d_hi)]
-    upper = [np.maximum(d + a_u, c_u) for d in (d_lo, d_hi)]
-    alpha_l, beta_l = _chord(*lower, d_lo, d_hi)
-    alpha_u, beta_u = _chord(*upper, d_lo, d_hi)
+    alpha_l, beta_l = _chord(np.minimum(d_lo + a_l, c_l), np.minimum(d_hi + a_l, c_l), d_lo, d_hi)
+    alpha_u, beta_u = _chord(np.maximum(d_lo + a_u, c_u), np.maximum(d_hi + a_u, c_u), d_lo, d_hi)
     # Both sides on one piece: A is delta itself (linear piece) or 0 (clamped on the same side).
     ident = p_lin & u_lin
     flat = ((ph <= lo) & (uh <= lo)) | ((pl >= hi) & (ul >= hi))

@@ -59,7 +59,7 @@ class EngineResult:
 
     bound: ErrorBound
     stopped: str  # one of the STOP_* reasons
-    work: dict[str, int] = field(default_factory=dict)  # boxes, cell enumerations, MILP solves and nodes, ...
+    work: dict[str, float] = field(default_factory=dict)  # boxes, enumerations, MILP solves, multiply-adds
     float_ranges: list[tuple[np.ndarray, np.ndarray]] | None = None  # per node: float pre-activation range
     candidates: np.ndarray | None = None  # inputs where the bound is approached (witness candidates)
     notes: tuple[str, ...] = ()  # engine status lines, for people

@@ -73,8 +73,9 @@ class Settings:
     @property
     def work_budget(self) -> dict[str, Any]:
         """The deterministic budget a certificate records (what bounded the search)."""
-        keys = ("max_boxes", "round_boxes", "chunk_boxes", "falsify_samples", "falsify_steps", "falsify_outputs",
-                "edge_steps", "edge_starts", "milp_nodes", "milp_leaf_nodes", "seed")
+        keys = ("max_boxes", "max_work", "round_boxes", "chunk_boxes", "falsify_samples", "falsify_steps",
+                "falsify_outputs", "edge_steps", "edge_starts", "falsify_work", "milp_nodes",
+                "milp_leaf_nodes", "symbolic_work_root", "symbolic_work_box", "seed")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -78,7 +78,8 @@ class NodeBounds:
 
     def take(self, index) -> NodeBounds:
         """The ranges of some boxes of the batch (index: an integer array or slice)."""
-        return NodeBounds(*(a[index] for a in (self.pl, self.ph, self.ul, self.uh, self.dl, self.dh, self.exact)))
+        fields = (self.pl, self.ph, self.ul, self.uh, self.dl, self.dh, self.exact)
+        return NodeBounds(*(a[index] for a in fields))
 
     @staticmethod
     def stack(parts: list[NodeBounds]) -> NodeBounds:
@@ -179,8 +180,10 @@ class Analysis:
 
     @staticmethod
     def stack(parts: list[Analysis]) -> Analysis:
-        boxes = BoxBatch(np.concatenate([p.boxes.low for p in parts]), np.concatenate([p.boxes.high for p in parts]))
-        bound = ErrorBound(np.concatenate([p.bound.low for p in parts]), np.concatenate([p.bound.high for p in parts]))
+        boxes = BoxBatch(np.concatenate([p.boxes.low for p in parts]),
+                         np.concatenate([p.boxes.high for p in parts]))
+        bound = ErrorBound(np.concatenate([p.bound.low for p in parts]),
+                           np.concatenate([p.bound.high for p in parts]))
         nodes = tuple(NodeBounds.stack([p.nodes[t] for p in parts]) for t in range(len(parts[0].nodes)))
         lines = tuple(None if parts[0].lines[t] is None
                       else NodeLines(np.concatenate([p.lines[t].packed for p in parts]))  # type: ignore[union-attr]
@@ -291,7 +294,8 @@ def interval_analysis(net: MergedNet, boxes: BoxBatch) -> Analysis:
     return Analysis(boxes, ErrorBound(lo, hi), tuple(nodes), tuple(None for _ in nodes))
 
 
-def output_range(net: MergedNet, nodes: list[NodeBounds] | tuple[NodeBounds, ...]) -> tuple[np.ndarray, np.ndarray]:
+def output_range(net: MergedNet,
+                 nodes: list[NodeBounds] | tuple[NodeBounds, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Output error range implied by the output node's ranges alone: [y_lo - ŷ_hi, y_hi - ŷ_lo]."""
     node = net.nodes[net.output]
     yl, yh = nodes[net.output].y(node)
@@ -358,8 +362,9 @@ def _back_substitute(
     raise AssertionError("every path reaches the input node")  # pragma: no cover
 
 
-def _bound_rows(net: MergedNet, start: int, Lf: np.ndarray, Lq: np.ndarray, const: np.ndarray, owner: np.ndarray,
-                nodes, lines, boxes: BoxBatch, relax_start: bool, settings: Settings) -> np.ndarray:
+def _bound_rows(net: MergedNet, start: int, Lf: np.ndarray, Lq: np.ndarray, const: np.ndarray,
+                owner: np.ndarray, nodes, lines, boxes: BoxBatch, relax_start: bool,
+                settings: Settings) -> np.ndarray:
     """Certified upper bounds (R,) of the rows over their boxes, in blocks of rows that keep the
     arrays within settings.block_entries."""
     widest = max(n.size for n in net.nodes)
@@ -443,13 +448,17 @@ def _back_substitute_many(net: MergedNet, lam_f: dict, lam_q: dict, const: np.nd
 def path_costs(net: MergedNet) -> np.ndarray:
     """Per node t: multiply-adds to push one objective row from t back to the input (the nonzeros
     of every layer matrix up to t, both sides)."""
-    nnz = [sum((A.nnz if sp.issparse(A) else A.size) for A in (*node.A_f, *node.A_q)) if t else 0
-           for t, node in enumerate(net.nodes)]
+    nnz = [sum(_nonzeros(A) for A in (*node.A_f, *node.A_q)) if t else 0 for t, node in enumerate(net.nodes)]
     return np.cumsum(nnz).astype(np.float64)
 
 
+def _nonzeros(A) -> int:
+    return int(A.nnz) if sp.issparse(A) else int(np.size(A))
+
+
 def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | None = None,
-                          settings: Settings = DEFAULT, full: bool = False, work: float | None = None) -> Analysis:
+                          settings: Settings = DEFAULT, full: bool = False,
+                          work: float | None = None) -> Analysis:
     """Symbolic bounds for every node, then for the output error y_K - ŷ_K, for every box.
 
     `parent` (an analysis of enclosing boxes, one per box) tightens every range: a child's linear
@@ -496,9 +505,9 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     # Output: y_K - ŷ_K, both signs.
     K = net.output
     n = net.nodes[K].size
-    I = np.eye(n)
-    up = upper_bounds(net, Analysis(boxes, ErrorBound(np.zeros((B, n)), np.zeros((B, n))), tuple(nodes),
-                                    tuple(lines)), K, np.vstack([I, -I]), np.vstack([-I, I]), settings)
+    eye = np.eye(n)
+    state = Analysis(boxes, ErrorBound(np.zeros((B, n)), np.zeros((B, n))), tuple(nodes), tuple(lines))
+    up = upper_bounds(net, state, K, np.vstack([eye, -eye]), np.vstack([-eye, eye]), settings)
     bound = ErrorBound(-up[:, n:], up[:, :n]).meet(ErrorBound(*output_range(net, nodes)))
     if parent is not None:
         bound = bound.meet(parent.bound)
@@ -506,7 +515,8 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent)
 
 
-def float_linear_bounds(net: MergedNet, analysis: Analysis) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def float_linear_bounds(net: MergedNet,
+                        analysis: Analysis) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Affine bounds of the float output over each box, from the node ranges of its analysis:
     (G_lo, k_lo, G_hi, k_hi), G (B, n_out, n_in), k (B, n_out), with
     G_lo x + k_lo <= y_K(x) <= G_hi x + k_hi for every x in the box (the float side alone)."""

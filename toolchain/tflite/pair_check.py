@@ -102,10 +102,10 @@ def check_int8_graph(graph: ir.Graph) -> None:
                 if weights & _INT_WEIGHT_DTYPES else "a float model (float32 weights and activations)")
         raise ModelError(f"is {kind}, not a full-int8 model", _where(graph))
     if not graph.is_integer:
-        producers = graph.producers()
         inner = {t for op in graph.operators for t in op.outputs} - set(graph.outputs)
         t = min(t for t in inner if graph.tensor(t).dtype == "float32")
-        raise ModelError(f"{producers[t].describe()} computes in float32: a partly quantized model, "
+        writer = next(op for op in graph.operators if t in op.outputs)
+        raise ModelError(f"{writer.describe()} computes in float32: a partly quantized model, "
                          "not a full-int8 model", _where(graph))
     for op in _compute_ops(graph):
         for t in (*op.inputs, *op.outputs):
