@@ -207,3 +207,27 @@ def test_rounding_divide_by_pot_broadcasts_exponents() -> None:
     want = [(1 if x >= 0 else -1) * ((abs(int(x)) + ((1 << int(k)) >> 1)) >> int(k))
             for x, k in zip(v, e, strict=True)]
     assert rounding_divide_by_pot(v, e).tolist() == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["double", "single"]), st.integers(0, 2**32 - 1), st.integers(-128, 127),
+       st.sampled_from([np.float32, np.float64, np.int64]))
+def test_compiled_output_stage_equals_the_reference(rounding: Rounding, seed: int, offset: int,
+                                                     dtype) -> None:
+    """requantize_clamp (the kernels' one-pass output stage) = reference MBQM + offset, clamped,
+    element for element, for per-channel multipliers and shifts of both signs."""
+    from toolchain.arith import multiply_by_quantized_multiplier_reference, requantize_clamp
+
+    rng = np.random.default_rng(seed)
+    channels = int(rng.integers(1, 9))
+    m = rng.integers(1 << 30, 1 << 31, channels)
+    shift = rng.integers(-20, 4, channels)
+    limit = (1 << 31) >> int(max(shift.max(), 0))
+    acc = rng.integers(-limit, limit, (37, channels))
+    acc[:3] = [[-limit], [limit - 1], [0]]
+    lo, hi = sorted(int(v) for v in rng.integers(-128, 128, 2))
+    out = np.empty(acc.shape, dtype=np.int8)
+    source = acc if dtype is not np.float32 else acc.clip(-2**23, 2**23)  # float32 holds these exactly
+    requantize_clamp(source.astype(dtype), m, shift, rounding, offset, lo, hi, out)
+    want = np.clip(multiply_by_quantized_multiplier_reference(source, m, shift, rounding) + offset, lo, hi)
+    np.testing.assert_array_equal(out, want)

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
 Rounding = Literal["double", "single"]
 
@@ -159,6 +160,50 @@ class Requantizer:
             y += t
             y >>= self.right
         return y
+
+
+@njit(cache=True, nogil=True)
+def _requantize_clamp(acc, mul, add, right, mask, double, offset, lo, hi, out):  # pragma: no cover - compiled
+    """out[r, c] = clamp(MBQM(acc[r, c]) + offset, lo, hi), branch-free per element so that the
+    compiler vectorises it over the channels (constants per channel, folded by requantize_clamp):
+    double: h = (x * (M << left) + 2^30) >> 31 (SaturatingRoundingDoublingHighMul, which never
+    saturates for M != INT32_MIN), then RoundingDivideByPOT as (h + nudge + [h < 0 and right > 0]*(-1))
+    >> right, nudge = 2^(right-1) (`add`), halves away from zero; single: (x * M + 2^(30-e)) >> (31-e).
+    >> on int64 is arithmetic, as the target's >> on int32. acc holds exact integers (float or int)."""
+    rows, cols = acc.shape
+    for r in range(rows):
+        for c in range(cols):
+            x = np.int64(acc[r, c])
+            if double:
+                h = (x * mul[c] + np.int64(1 << 30)) >> 31
+                h = (h + add[c] + ((h >> 63) & mask[c])) >> right[c]
+            else:
+                h = (x * mul[c] + add[c]) >> right[c]
+            y = h + offset
+            out[r, c] = min(max(y, lo), hi)
+
+
+def requantize_clamp(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, rounding: Rounding,
+                     offset: int, lo: int, hi: int, out: np.ndarray) -> None:
+    """The kernels' output stage (MBQM per channel of the last axis, + output offset, clamp to
+    [lo, hi]) into `out` (any integer dtype holding [lo, hi]), compiled: one pass where the
+    Requantizer makes several. acc (rows, channels) holds exact integers. Multipliers outside
+    [0, 2^31) (never made by quantize_multiplier) take the Requantizer's general path."""
+    m = np.broadcast_to(np.asarray(multiplier, dtype=np.int64), (acc.shape[-1],))
+    e = np.broadcast_to(np.asarray(shift, dtype=np.int64), (acc.shape[-1],))
+    if np.any(m < 0) or np.any(m == INT32_MIN):
+        y = Requantizer(m, e, rounding, offset)(np.asarray(acc).astype(np.int64))
+        out[...] = np.clip(y, lo, hi)
+        return
+    if rounding == "double":
+        right = np.maximum(-e, 0)
+        mul, add, mask = m << np.maximum(e, 0), (np.int64(1) << right) >> 1, -(right > 0).astype(np.int64)
+    else:
+        right = 31 - e
+        mul, add, mask = m, np.int64(1) << (right - 1), np.zeros_like(e)
+    _requantize_clamp(acc, np.ascontiguousarray(mul), np.ascontiguousarray(add), np.ascontiguousarray(right),
+                      np.ascontiguousarray(mask), rounding == "double", np.int64(offset), np.int64(lo),
+                      np.int64(hi), out)
 
 
 def _uniform(a: np.ndarray):
