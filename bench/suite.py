@@ -39,6 +39,8 @@ from suite_proc import run_measured
 OUT = REPO / "bench" / "out" / "suite"
 CLI = [sys.executable, "-m", "toolchain.cli.main"]
 LARGE_MAX_BOXES = 10**9  # with a work budget this large, the time limit binds
+LARGE_MAX_WORK = 1e18  # ... and the multiply-add budget too
+HAS_MAX_WORK = [False]  # whether certify has --max-work (set once in main)
 TARGET_RATIO = 1.5  # certify's `auto` stops once bound <= 1.5 x witness (settings.target_ratio)
 
 
@@ -114,7 +116,8 @@ def certify_argv(config: Path, out: Path, time_limit: float, workers: int,
                  max_boxes: int | None) -> list[str]:
     argv = [*CLI, "certify", str(config), "--target", TARGET, "--json", "--workers", str(workers),
             "--time-limit", str(time_limit), "--out", str(out)]
-    return argv + (["--max-boxes", str(max_boxes)] if max_boxes is not None else [])
+    argv += ["--max-boxes", str(max_boxes)] if max_boxes is not None else []
+    return argv + (["--max-work", str(LARGE_MAX_WORK)] if max_boxes is not None and HAS_MAX_WORK[0] else [])
 
 
 def _last_line(text: str) -> str:
@@ -352,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"{c.id:22s} {c.description}" for c in chosen) or f"no case matches {args.cases!r}")
         return 0 if chosen else 2
     max_boxes = LARGE_MAX_BOXES if cli_accepts("--max-boxes") else None
+    HAS_MAX_WORK[0] = cli_accepts("--max-work")
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {"target": TARGET, "workers": args.workers, "time_limit": args.time_limit,
             "allowance": args.allowance, "max_boxes": max_boxes, "commit": _commit(),

@@ -80,13 +80,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "samples": {"type": "integer", "minimum": 1},
         "time_limit": {"type": "number", "exclusiveMinimum": 0},
         "max_boxes": {"type": "integer", "minimum": 1},
+        "max_work": {"type": "number", "exclusiveMinimum": 0},
         "scheduler": {"type": "string", "pattern": SCHEDULER_PATTERN},
     },
 }
 
 DEFAULT_REPRESENTATIVE_COUNT = 256
 DEFAULT_SAMPLES = 1000
-DEFAULT_TIME_LIMIT = 60.0  # seconds: a safety net, the work budget (max_boxes, samples) drives the search
+DEFAULT_TIME_LIMIT = 60.0  # seconds: a safety net, the work budget (max_boxes, max_work) drives the search
 
 
 # --------------------------------------------------------------------------------------------- YAML + schema
@@ -205,6 +206,7 @@ class Config:
     samples: int  # falsifier / bit-exact sample count
     time_limit: float  # seconds: the certify engines' safety net (when it bites, the verdict is unknown)
     max_boxes: int  # work budget: boxes bounded per region by branch and bound (deterministic)
+    max_work: float  # work budget: multiply-adds per region of branch and bound (deterministic)
     scheduler: str | None = None  # Dask scheduler the certify engines' jobs run on (None: this machine)
 
     def budget(self, output_size: int) -> np.ndarray:
@@ -285,6 +287,7 @@ def load_config(path: str | Path) -> Config:
         samples=int(data.get("samples", DEFAULT_SAMPLES)),
         time_limit=float(data.get("time_limit", DEFAULT_TIME_LIMIT)),
         max_boxes=int(data.get("max_boxes", DEFAULT_SETTINGS.max_boxes)),
+        max_work=float(data.get("max_work", DEFAULT_SETTINGS.max_work)),
         scheduler=scheduler,
     )
 

@@ -17,6 +17,8 @@ from toolchain.errors import QassureError
 
 METHOD_HELP = "Certify engine: " + " | ".join(METHODS) + " (docs/reference.md says what each does)."
 MAX_BOXES_HELP = "Work budget: boxes bounded per region, deterministic (default: the config's max_boxes)."
+MAX_WORK_HELP = ("Work budget: multiply-adds per region of branch and bound, deterministic (default: the "
+                 "config's max_work).")
 TIME_LIMIT_HELP = ("Safety net in seconds (default: the config's time_limit); when it bites, the verdict is "
                    "unknown and the certificate says so.")
 WORKERS_HELP = ("Processes for input splitting (default: every CPU this process may use); ignored when a "

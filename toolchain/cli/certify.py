@@ -15,6 +15,7 @@ import typer
 
 from toolchain.cli._common import (
     MAX_BOXES_HELP,
+    MAX_WORK_HELP,
     METHOD_HELP,
     SCHEDULER_HELP,
     TIME_LIMIT_HELP,
@@ -33,6 +34,7 @@ def command(
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
     method: str = typer.Option("auto", "--method", help=METHOD_HELP),
     max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
+    max_work: float | None = typer.Option(None, "--max-work", min=1.0, help=MAX_WORK_HELP),
     time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
@@ -60,7 +62,8 @@ def command(
         models = make_models(cfg, tgt, Path(tmp))
         t0 = time.perf_counter()
         cert = certify_models(cfg, tgt, models.pair, method=method, time_limit=time_limit,
-                              max_boxes=max_boxes, workers=workers or available_cpus(), scheduler=scheduler,
+                              max_boxes=max_boxes, max_work=max_work, workers=workers or available_cpus(),
+                              scheduler=scheduler,
                               progress=progress)
         seconds = time.perf_counter() - t0
         path = write_certify_outputs(out_dir, cert, models.pair)

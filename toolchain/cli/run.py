@@ -8,6 +8,7 @@ import typer
 
 from toolchain.cli._common import (
     MAX_BOXES_HELP,
+    MAX_WORK_HELP,
     METHOD_HELP,
     SCHEDULER_HELP,
     SETTINGS,
@@ -27,6 +28,7 @@ def command(
     target: str = typer.Option(..., "--target", "-t", help="Target profile name or YAML file."),
     method: str = typer.Option("auto", "--method", help=METHOD_HELP),
     max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
+    max_work: float | None = typer.Option(None, "--max-work", min=1.0, help=MAX_WORK_HELP),
     time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
@@ -48,7 +50,8 @@ def command(
     show = not json_out and SETTINGS.verbosity >= 0
     with progress_display(show) as progress:
         res = run_gate(config, target, out_root=out, method=method, time_limit=time_limit,
-                       max_boxes=max_boxes, workers=workers or available_cpus(), scheduler=scheduler,
+                       max_boxes=max_boxes, max_work=max_work, workers=workers or available_cpus(),
+                       scheduler=scheduler,
                        progress=progress)
     if json_out:
         emit_json(res.to_dict())

@@ -104,11 +104,12 @@ def check_scheduler_answers(config: Config, override: str | None = None) -> None
 
 
 def certify_models(config: Config, target: Target, pair: ModelPair, *, method: str = "auto",
-                   time_limit: float | None = None, max_boxes: int | None = None, workers: int = 1,
-                   scheduler: str | None = None, progress: Progress = _quiet) -> Certificate:
+                   time_limit: float | None = None, max_boxes: int | None = None,
+                   max_work: float | None = None, workers: int = 1, scheduler: str | None = None,
+                   progress: Progress = _quiet) -> Certificate:
     """Run the certify engines on the pair over the config's region; hashes of the inputs filled in.
 
-    `time_limit` and `max_boxes` override the config's (the safety net, and the work budget);
+    `time_limit`, `max_boxes` and `max_work` override the config's (the safety net, the work budget);
     `scheduler` the config's Dask scheduler (`local`: this machine, `workers` processes). On a cluster
     `workers` is ignored; the certificate is the same either way."""
     from toolchain.certify import certifier
@@ -121,6 +122,7 @@ def certify_models(config: Config, target: Target, pair: ModelPair, *, method: s
     boxes = [Box(low=lo, high=hi) for lo, hi in region_boxes(config, ig.input.size)]
     settings = DEFAULT.replace(time_limit=config.time_limit if time_limit is None else time_limit,
                                max_boxes=config.max_boxes if max_boxes is None else max_boxes,
+                               max_work=config.max_work if max_work is None else max_work,
                                falsify_samples=config.samples)
     budget = config.budget(ig.output.size).tolist()
     address = scheduler_for(config, scheduler)
@@ -141,8 +143,8 @@ def certify_models(config: Config, target: Target, pair: ModelPair, *, method: s
 
 def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str = "build",
              method: str = "auto", time_limit: float | None = None, max_boxes: int | None = None,
-             workers: int = 1, scheduler: str | None = None, progress: Progress = _quiet,
-             emit: bool = True) -> GateResult:
+             max_work: float | None = None, workers: int = 1, scheduler: str | None = None,
+             progress: Progress = _quiet, emit: bool = True) -> GateResult:
     """Run the whole gate; QassureError (exit 2) propagates for bad input. `scheduler`: see
     certify_models."""
     t_start = time.perf_counter()
@@ -184,8 +186,8 @@ def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str 
         progress(f"certifying over {len(boxes)} region(s), method {method}")
         try:
             cert = certify_models(config, target, pair, method=method, time_limit=time_limit,
-                                  max_boxes=max_boxes, workers=workers, scheduler=scheduler,
-                                  progress=progress)
+                                  max_boxes=max_boxes, max_work=max_work, workers=workers,
+                                  scheduler=scheduler, progress=progress)
             done("certify")
             checks += certificate_checks(cert, config)
             step("sampling")
