@@ -270,3 +270,16 @@ def test_saturating_layers_are_named():
     assert sats, "no saturating channel reported"
     assert all(s.float_high > s.int8_high or s.float_low < s.int8_low for s in sats)
     assert any(s.witnessed for s in sats)
+
+
+def test_docs_name_every_engine_and_every_setting():
+    """docs/engines.md is where a user looks up a method or a knob: it must name each one."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from toolchain.certify.settings import Settings
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "engines.md").read_text(encoding="utf-8")
+    assert all(f"| `{m}` |" in text for m in METHODS), [m for m in METHODS if f"| `{m}` |" not in text]
+    missing = [f.name for f in fields(Settings) if f"| `{f.name}` |" not in text]
+    assert not missing, f"settings not documented in docs/engines.md: {missing}"
