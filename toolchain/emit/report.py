@@ -115,6 +115,20 @@ def sections(doc: dict[str, Any], errors: np.ndarray) -> list[tuple[str, list[st
         out.append(("Witness", [f"An input in the region reaching error {_fmt(w['error'])} on output "
                                 f"{w.get('output_index')}: the lower bound is real, not estimated.",
                                 f"input = [{xs}]"], []))
+    regions = doc.get("regions") or []
+    if regions:
+        budget = doc.get("work_budget") or {}
+        rows = [["region", "bound", "witnessed", "stopped", "boxes", "cell enumerations", "MILP solves"]]
+        for i, r in enumerate(regions):
+            work = r.get("work") or {}
+            rows.append([str(i), _fmt(r.get("bound")), _fmt(r.get("lower")), str(r.get("stopped", "?")),
+                         str(work.get("boxes", "—")), str(work.get("enumerated", 0)),
+                         str(work.get("milp_solves", 0))])
+        out.append(("How the bound was found",
+                    [f"Engine `{doc.get('method')}`, bounded by a deterministic work budget "
+                     f"(max_boxes {budget.get('max_boxes', '?')}, max_work {_fmt(budget.get('max_work'))} "
+                     "multiply-adds per region): the same config, models and qassure version give this "
+                     "certificate on any machine. `stopped` says why each region's search ended."], rows))
     rows = [["check", "status", "message"]]
     rows += [[c["name"], c["status"], c["message"]] for c in gate.get("checks", [])]
     out.append(("Gate checks", [], rows))
