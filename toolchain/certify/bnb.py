@@ -143,7 +143,8 @@ def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, float]]
     a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings,
                               full=True)
     m = milp_bounds(net, job.box, a, settings, node_limit=settings.milp_leaf_nodes, witness=job.witness)
-    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None), dict(m.work, multiply_adds=a.work)
+    work = dict(m.work, multiply_adds=a.work, milp_timed_out=float(m.stopped == STOP_TIME))
+    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None), work
 
 
 def run_job(problem: Problem, job: tuple) -> object:
@@ -278,6 +279,7 @@ def branch_and_bound(
     work = {"boxes": 1, "rounds": 0, "enumerated": 0, "milp_solves": 0, "milp_nodes": 0,
             "multiply_adds": root.work}
     history: list[tuple[float, float]] = []  # (work spent, combined bound) after each round
+    milp_late = False  # a leaf MILP stopped by its safety-net time limit (the answer is then the clock's)
     small = sum(n.size for n in net.nodes[1:]) <= settings.milp_max_neurons
     milp_depth = settings.milp_depth_per_input * net.n_inputs
 
@@ -370,6 +372,7 @@ def branch_and_bound(
             drop(leaf)
             work["milp_solves"] += milp_work.get("milp_solves", 0)
             work["milp_nodes"] += milp_work.get("milp_nodes", 0)
+            milp_late = milp_late or bool(milp_work.get("milp_timed_out"))
             add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, leaf.cells, True))
         if probe is not None and fresh:
             probe(np.vstack(fresh))
@@ -380,6 +383,8 @@ def branch_and_bound(
     final = store.combined()
     if stopped == STOP_EXHAUSTED and decided(final):
         stopped = STOP_DECIDED
+    if milp_late:
+        stopped = STOP_TIME
     # Per node, the float pre-activation range over the union of the open boxes (for the report).
     leaves = [e[2] for e in heap] + stuck
     values = np.stack([leaf.ranges.values for leaf in leaves])

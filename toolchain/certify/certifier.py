@@ -122,7 +122,7 @@ def certify_region(
     say: Callable[[str], None], decision: str | None = None,
 ) -> RegionCertificate:
     net, pg, settings = problem.net, problem.pg, problem.settings
-    found = F.falsify(net, pg, box, settings, seed=seed)
+    found = F.falsify(net, pg, box, settings, seed=seed, deadline=deadline)
     lower, inputs = found.lower.copy(), found.inputs.copy()
 
     def probe(xs: np.ndarray) -> None:
@@ -139,6 +139,7 @@ def certify_region(
                                  work=settings.symbolic_work_root)
     task = RegionTask(problem, box, root, found, budgets, runner, probe, lambda: lower, say, deadline)
     result = ENGINES[method].bound(task)
+    stopped = STOP_TIME if found.timed_out else result.stopped
     bound = result.bound
     margin = with_margin(bound.upper) - bound.upper
     bound = ErrorBound(bound.low - margin, bound.high + margin)
@@ -165,7 +166,7 @@ def certify_region(
         bound=float(upper.max()),
         lower=float(lower.max()),
         method=method,
-        stopped=result.stopped,
+        stopped=stopped,
         work={k: int(v) for k, v in result.work.items()},
         saturations=saturations(net, result.float_ranges or root.float_ranges(), inputs),
         decision=top1,

@@ -8,6 +8,7 @@ starts) and the seed, never by the clock, so the witness is the same on every ma
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ class Found:
     lower: np.ndarray  # per output: best |error| found
     inputs: np.ndarray  # per output: the input reaching it (n_out, n_in)
     errors_sampled: np.ndarray  # max_k |error| of every sampled input (for histograms)
+    timed_out: bool = False  # the safety-net deadline stopped the search before its work was done
 
 
 def quantized_input(net: MergedNet, pg: PreparedGraph, xs: np.ndarray) -> np.ndarray:
@@ -68,12 +70,14 @@ def scaled_plan(net: MergedNet, settings: Settings) -> Settings:
 
 
 def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DEFAULT,
-            seed: int = 0) -> Found:
+            seed: int = 0, deadline: float = float("inf")) -> Found:
     """Sample the box (centre, uniform points, vertices: settings.falsify_samples), hill-climb from
     the incumbents of the settings.falsify_outputs outputs with the largest errors
     (settings.falsify_steps steps), then attack the input cells' edges from there; all within
-    settings.falsify_work multiply-adds (scaled_plan)."""
+    settings.falsify_work multiply-adds (scaled_plan). `deadline` (time.monotonic) is the safety
+    net: past it the remaining searches are skipped and the result says so (timed_out)."""
     settings = scaled_plan(net, settings)
+    late = False
     rng = np.random.default_rng(seed)
     samples = settings.falsify_samples
     n_out = net.n_outputs
@@ -94,6 +98,9 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
         x, best = inputs[k].copy(), lower[k]
         radius = 0.25
         for _ in range(settings.falsify_steps):
+            if time.monotonic() > deadline:
+                late = True
+                break
             cand = x[None] + rng.uniform(-1, 1, size=(32, x.size)) * width * radius
             cand = np.clip(cand, box.low, box.high)
             if net.input_interface == "int8":
@@ -109,12 +116,15 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
     attack_rng = np.random.default_rng(seed + 7919)
     for k in searched:
         for sign in (1.0, -1.0):
+            if time.monotonic() > deadline:
+                late = True
+                break
             fresh = box.sample(settings.edge_starts, attack_rng)
             starts = np.vstack([inputs[k][None], box.center[None], fresh])
             e, x = edge_attack(net, pg, box, starts, int(k), sign, attack_rng, steps=settings.edge_steps)
             if e > lower[k]:
                 lower[k], inputs[k] = e, x
-    return Found(lower, inputs, errs.max(axis=1))
+    return Found(lower, inputs, errs.max(axis=1), late)
 
 
 def edge_attack(

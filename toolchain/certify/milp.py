@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from toolchain.certify import relax
 from toolchain.certify.region import Box, BoxBatch
-from toolchain.certify.result import STOP_ONE_PASS, EngineResult, ErrorBound
+from toolchain.certify.result import STOP_ONE_PASS, STOP_TIME, EngineResult, ErrorBound
 from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.certify.symbolic import Analysis, exact_input
 from toolchain.errors import QassureError
@@ -571,6 +571,7 @@ def milp_bounds(
     inc: dict = {}
     status: list[str] = []
     solves = nodes_total = 0
+    timed_out = False
     for integer in phases:
         set_hidden(integer)
         for k in range(n_out):
@@ -587,6 +588,7 @@ def milp_bounds(
                                                   starts[best], float(vals[best]), cutoff, safety)
                 solves += 1
                 nodes_total += nodes
+                timed_out |= msg.startswith("Time limit")
                 if integer:
                     inc[(k, sign)] = max(inc.get((k, sign), -np.inf), i)
                 if x is not None:
@@ -626,4 +628,6 @@ def milp_bounds(
                "integers": int(integer_cols.sum()) - enc.builder.n_binary, "incumbent": incumbent,
                "gap": (err.upper - incumbent) / np.maximum(err.upper, 1e-300)}
     work: dict[str, float] = {"milp_solves": solves, "milp_nodes": nodes_total}
-    return EngineResult(err, STOP_ONE_PASS, work, notes=tuple(status), details=details)
+    # The time limit is only a safety net: a solve it stopped makes the answer machine-dependent.
+    stopped = STOP_TIME if timed_out else STOP_ONE_PASS
+    return EngineResult(err, stopped, work, notes=tuple(status), details=details)
