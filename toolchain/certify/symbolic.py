@@ -452,6 +452,15 @@ def path_costs(net: MergedNet) -> np.ndarray:
     return np.cumsum(nnz).astype(np.float64)
 
 
+def row_costs(net: MergedNet) -> np.ndarray:
+    """Per node t: multiply-adds to bound one of its own pre-activations symbolically. Its first step
+    back is a row of its own matrices (gathered, not multiplied: _node_rows), then every earlier
+    layer's matrices and relaxations (dense rows as wide as the layers they pass)."""
+    path = path_costs(net)
+    widths = np.cumsum([n.size for n in net.nodes]).astype(np.float64)
+    return np.concatenate([[0.0], path[:-1] + widths[:-1]])
+
+
 def _nonzeros(A) -> int:
     return int(A.nnz) if sp.issparse(A) else int(np.size(A))
 
@@ -478,6 +487,7 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     lines: list[NodeLines | None] = []
     budget = B * (settings.symbolic_work_box if work is None else work)
     path = path_costs(net)
+    rows_cost = row_costs(net)
     spent = float(B * path[-1])  # the forward ranges: about one pass over every layer per box
     for t, node in enumerate(net.nodes):
         nb = forward_node(net, t, nodes, boxes)
@@ -488,7 +498,7 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
             # relaxation is already exact, tighter ranges only reach later layers through their
             # interval ranges.
             todo = np.ones((B, node.size), dtype=bool) if full or t == net.output else ~settled(node, nb)
-            cost = 6.0 * todo.sum() * path[t]
+            cost = 6.0 * todo.sum() * rows_cost[t]
             if cost > budget:
                 todo[:] = False
             budget -= cost if todo.any() else 0.0
