@@ -95,6 +95,7 @@ class Bounded:
     bound: ErrorBound
     ranges: Ranges
     candidates: np.ndarray | None  # where a cell bound is reached (witness candidates)
+    scores: np.ndarray | None = None  # each input's share of the box's worst bound (where to split)
 
 
 def bound_boxes(problem: Problem, job: BoundJob) -> tuple[list[Bounded], float]:
@@ -111,8 +112,12 @@ def bound_boxes(problem: Problem, job: BoundJob) -> tuple[list[Bounded], float]:
             by_cells, candidates = cells.cell_bounds(net, box, a.take([i]), outputs)
             bound = bound.meet(by_cells)
             work += float(outputs.q.size) * net.n_inputs
-        out.append(Bounded(bound, Ranges.of(a, i), candidates))
+        out.append(Bounded(bound, Ranges.of(a, i), candidates, _scores(a, i)))
     return out, work
+
+
+def _scores(a: Analysis, i: int) -> np.ndarray | None:
+    return None if a.split_scores is None else a.split_scores[i]
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOu
     by_cells, candidates = cells.cell_bounds(net, job.box, a, outputs)
     n_cells = outputs.q.size // max(1, net.n_outputs)
     work = a.work + n_cells * float(path_costs(net)[-1]) / 2  # the executor on every cell (int8 side)
-    return Bounded(a.bound.item(0).meet(by_cells), Ranges.of(a, 0), candidates), outputs, work
+    return Bounded(a.bound.item(0).meet(by_cells), Ranges.of(a, 0), candidates, _scores(a, 0)), outputs, work
 
 
 def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, float]]:
@@ -144,7 +149,7 @@ def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, float]]
                               full=True)
     m = milp_bounds(net, job.box, a, settings, node_limit=settings.milp_leaf_nodes, witness=job.witness)
     work = dict(m.work, multiply_adds=a.work, milp_timed_out=float(m.stopped == STOP_TIME))
-    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None), work
+    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None, _scores(a, 0)), work
 
 
 def run_job(problem: Problem, job: tuple) -> object:
@@ -165,6 +170,7 @@ class Leaf:
     parent_key: float
     cells: cells.CellOutputs | None = None  # set once the box is bounded by its cells
     milp_done: bool = False
+    scores: np.ndarray | None = None  # each input's share of the worst bound (split the largest first)
 
     @property
     def key(self) -> float:
@@ -204,8 +210,11 @@ def cut_at(net: MergedNet, box: Box, dim: int, cell_edge_cells: float) -> float:
     return float(mid)
 
 
-def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float) -> list[tuple[Box, ...]]:
-    """The candidate splits of a leaf (each a pair of children), best first."""
+def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float,
+             split_order: str = "width") -> list[tuple[Box, ...]]:
+    """The candidate splits of a leaf (each a pair of children), best first: the widest sides first,
+    or (split_order "influence") the inputs with the largest share of the box's worst bound
+    (|G| x half-width of the row that bound comes from: the part splitting can take off)."""
     box = leaf.box
     if leaf.cells is not None:
         # Within one cell per input the int8 side is one number: halving the widest side then
@@ -213,7 +222,8 @@ def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float) ->
         widest = int(np.argmax(box.width))
         cuts = cell_cuts(net, box)[: max(1, trials)] or [(widest, float(box.center[widest]))]
     else:
-        order = np.argsort(-box.width, kind="stable")[: max(1, trials)]
+        key = leaf.scores if split_order == "influence" and leaf.scores is not None else box.width
+        order = np.argsort(-key, kind="stable")[: max(1, trials)]
         cuts = [(int(d), cut_at(net, box, int(d), cell_edge_cells)) for d in order]
     out = []
     for dim, at in cuts:
@@ -290,7 +300,7 @@ def branch_and_bound(
     def drop(leaf: Leaf) -> None:
         store.remove(slots.pop(id(leaf)))
 
-    add(Leaf(root.boxes[0], root.bound.item(0), Ranges.of(root, 0), 0, np.inf))
+    add(Leaf(root.boxes[0], root.bound.item(0), Ranges.of(root, 0), 0, np.inf, scores=_scores(root, 0)))
     cap = min(settings.enum_cells, settings.enum_bytes / max(1, net.n_outputs))
     last_report = time.monotonic()
     stopped = STOP_EXHAUSTED
@@ -324,7 +334,8 @@ def branch_and_bound(
         # Splits: every candidate child of the round, bounded in fixed-size chunks.
         children: list[tuple[int, int, Box, cells.CellOutputs | None]] = []  # (leaf, option, box, cells)
         for li, leaf in enumerate(to_split):
-            for oi, pair in enumerate(_options(net, leaf, settings.split_trials, settings.cell_edge_cells)):
+            for oi, pair in enumerate(_options(net, leaf, settings.split_trials, settings.cell_edge_cells,
+                                               settings.split_order)):
                 for child in pair:
                     sub = leaf.cells.sub(net, child) if leaf.cells is not None else None
                     children.append((li, oi, child, sub))
@@ -359,21 +370,22 @@ def branch_and_bound(
             best = min(options.values(),
                        key=lambda kids: sorted((float(k[2].bound.upper.max()) for k in kids), reverse=True))
             for child, sub, b in best:
-                add(Leaf(child, b.bound, b.ranges, leaf.depth + 1, leaf.key, sub))
+                add(Leaf(child, b.bound, b.ranges, leaf.depth + 1, leaf.key, sub, scores=b.scores))
                 fresh.append(child.center[None])
                 if b.candidates is not None:
                     fresh.append(b.candidates)
         for leaf, (b, outputs, _) in zip(to_enumerate, enum_results, strict=True):
             drop(leaf)
             work["enumerated"] += 1
-            add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, outputs, leaf.milp_done))
+            add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, outputs, leaf.milp_done,
+                     b.scores))
             fresh.append(b.candidates)
         for leaf, (b, milp_work) in zip(to_milp, milp_results, strict=True):
             drop(leaf)
             work["milp_solves"] += milp_work.get("milp_solves", 0)
             work["milp_nodes"] += milp_work.get("milp_nodes", 0)
             milp_late = milp_late or bool(milp_work.get("milp_timed_out"))
-            add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, leaf.cells, True))
+            add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, leaf.cells, True, b.scores))
         if probe is not None and fresh:
             probe(np.vstack(fresh))
         if progress is not None and time.monotonic() - last_report > 2.0:

@@ -38,6 +38,7 @@ class Settings:
     enum_cells: int = 2**17  # a box meeting at most this many input cells is enumerated cell by cell
     enum_bytes: int = 2**20  # ... while its device outputs (int8 per output) fit in this many bytes
     split_trials: int = 1  # sides tried per split (the cut whose worse child is lowest is kept)
+    split_order: str = "width"  # split the widest side first, or ("influence") the largest share of the bound
     milp_depth_per_input: int = 3  # MILP on leaves at least this many splits per input deep ...
     milp_stall: float = 0.99  # ... whose last split stalled (bound >= this x its parent's)
     milp_max_neurons: int = 2000  # networks larger than this get no MILP
@@ -54,6 +55,8 @@ class Settings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.split_order not in ("influence", "width"):
+            raise QassureError(f"setting split_order must be influence or width, not {self.split_order!r}")
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "seed":

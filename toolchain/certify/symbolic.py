@@ -166,6 +166,7 @@ class Analysis:
     nodes: tuple[NodeBounds, ...]
     lines: tuple[NodeLines | None, ...]
     work: float = 0.0  # multiply-adds the pass took (estimated from path_costs), for work budgets
+    split_scores: np.ndarray | None = None  # (B, n_in): each input's share of the worst output row's bound
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -175,8 +176,9 @@ class Analysis:
         idx = np.arange(len(self))[index]
         boxes = BoxBatch(self.boxes.low[idx], self.boxes.high[idx])
         lines = tuple(None if ln is None else NodeLines(ln.packed[idx]) for ln in self.lines)
+        scores = None if self.split_scores is None else self.split_scores[idx]
         return Analysis(boxes, ErrorBound(self.bound.low[idx], self.bound.high[idx]),
-                        tuple(nb.take(idx) for nb in self.nodes), lines)
+                        tuple(nb.take(idx) for nb in self.nodes), lines, self.work, scores)
 
     @staticmethod
     def stack(parts: list[Analysis]) -> Analysis:
@@ -188,7 +190,9 @@ class Analysis:
         lines = tuple(None if parts[0].lines[t] is None
                       else NodeLines(np.concatenate([p.lines[t].packed for p in parts]))  # type: ignore[union-attr]
                       for t in range(len(parts[0].lines)))
-        return Analysis(boxes, bound, nodes, lines)
+        scores = None if any(p.split_scores is None for p in parts) else \
+            np.concatenate([p.split_scores for p in parts])
+        return Analysis(boxes, bound, nodes, lines, sum(p.work for p in parts), scores)
 
     def float_ranges(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per node, the float pre-activation range over the union of the boxes."""
@@ -364,9 +368,10 @@ def _back_substitute(
 
 def _bound_rows(net: MergedNet, start: int, Lf: np.ndarray, Lq: np.ndarray, const: np.ndarray,
                 owner: np.ndarray, nodes, lines, boxes: BoxBatch, relax_start: bool,
-                settings: Settings) -> np.ndarray:
+                settings: Settings, smear: np.ndarray | None = None) -> np.ndarray:
     """Certified upper bounds (R,) of the rows over their boxes, in blocks of rows that keep the
-    arrays within settings.block_entries."""
+    arrays within settings.block_entries. With `smear` (R, n_in), also each input's share of each
+    row's bound: |G| x the box's half-width (how much splitting that input can take off)."""
     widest = max(n.size for n in net.nodes)
     per = max(1, settings.block_entries // widest)
     out = np.empty(Lf.shape[0])
@@ -375,17 +380,19 @@ def _bound_rows(net: MergedNet, start: int, Lf: np.ndarray, Lq: np.ndarray, cons
         G, k = _back_substitute(net, start, Lf[s:e], Lq[s:e], const[s:e], owner[s:e], nodes, lines, boxes,
                                 relax_start)
         out[s:e] = fused.concretize(G, k, owner[s:e], boxes.center, boxes.radius)
+        if smear is not None:
+            smear[s:e] = np.abs(G) * boxes.radius[owner[s:e]]
     return out
 
 
 def upper_bounds(net: MergedNet, analysis: Analysis, t: int, Lf: np.ndarray, Lq: np.ndarray,
-                 settings: Settings = DEFAULT) -> np.ndarray:
+                 settings: Settings = DEFAULT, smear: np.ndarray | None = None) -> np.ndarray:
     """Certified upper bounds (B, R) of the rows Lf·y_t + Lq·ŷ_t ((R, n), the same for every box)
-    over each box of the analysis."""
+    over each box of the analysis (and, into `smear` (B * R, n_in), each input's share of them)."""
     B, R = len(analysis), Lf.shape[0]
     owner = np.repeat(np.arange(B), R)
     up = _bound_rows(net, t, np.tile(Lf, (B, 1)), np.tile(Lq, (B, 1)), np.zeros(B * R), owner, analysis.nodes,
-                     analysis.lines, analysis.boxes, True, settings)
+                     analysis.lines, analysis.boxes, True, settings, smear)
     return up.reshape(B, R)
 
 
@@ -517,12 +524,16 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     n = net.nodes[K].size
     eye = np.eye(n)
     state = Analysis(boxes, ErrorBound(np.zeros((B, n)), np.zeros((B, n))), tuple(nodes), tuple(lines))
-    up = upper_bounds(net, state, K, np.vstack([eye, -eye]), np.vstack([-eye, eye]), settings)
+    smear = np.empty((B * 2 * n, net.n_inputs))
+    up = upper_bounds(net, state, K, np.vstack([eye, -eye]), np.vstack([-eye, eye]), settings, smear)
+    # Where to split each box next: each input's share of the row with the largest bound.
+    worst = np.argmax(up, axis=1)
+    split_scores = smear.reshape(B, 2 * n, -1)[np.arange(B), worst]
     bound = ErrorBound(-up[:, n:], up[:, :n]).meet(ErrorBound(*output_range(net, nodes)))
     if parent is not None:
         bound = bound.meet(parent.bound)
     spent += 2.0 * B * n * path[K]
-    return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent)
+    return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores)
 
 
 def float_linear_bounds(net: MergedNet,
