@@ -16,7 +16,16 @@ import netgen
 from toolchain.certify import bnb, falsify, symbolic
 from toolchain.certify.certifier import certify
 from toolchain.certify.engines import ENGINES, METHODS
-from toolchain.certify.parallel import LocalRunner, PoolRunner, Problem
+from toolchain.certify.parallel import (
+    WORKER_BASE_BYTES,
+    LocalRunner,
+    PoolRunner,
+    Problem,
+    make_runner,
+    peak_memory_bytes,
+    problem_bytes,
+    workers_within,
+)
 from toolchain.certify.region import Box, BoxBatch
 from toolchain.certify.result import STOP_BUDGET, STOP_TIME, EngineResult, ErrorBound
 from toolchain.certify.settings import DEFAULT
@@ -159,6 +168,28 @@ def test_certificate_is_the_same_with_one_or_two_workers():
     assert one == two
     assert one.work_budget["max_boxes"] == SMALL.max_boxes
     assert all(r.work["boxes"] >= 1 and r.stopped for r in one.regions)
+
+
+def test_memory_bytes_caps_the_pool_and_not_the_answer():
+    net, pg = netgen.mlp([3, 10, 10, 2], ["relu", "relu", None], seed=3, calib_scale=0.7).net()
+    problem = Problem(net, pg, SMALL)
+    per_worker = problem_bytes(problem)
+    assert per_worker > WORKER_BASE_BYTES + 4 * 8 * SMALL.block_entries
+    assert workers_within(10 * per_worker, per_worker, 4) == 4
+    assert workers_within(3 * per_worker, per_worker, 4) == 2  # the main process counts as one
+    assert workers_within(per_worker / 2, per_worker, 4) == 1  # never fewer than one
+    said: list[str] = []
+    tight = Problem(net, pg, SMALL.replace(memory_bytes=2.5 * per_worker))
+    runner = make_runner(tight, 2, say=said.append)
+    try:
+        assert isinstance(runner, LocalRunner) and "1 worker(s) instead of 2" in said[0]
+    finally:
+        runner.close()
+    box = Box(np.full(3, -0.6), np.full(3, 0.6))
+    capped = certify(net, pg, [box], budget=1e-4, target="t", settings=tight.settings, workers=2)
+    free = certify(net, pg, [box], budget=1e-4, target="t", settings=SMALL, workers=2)
+    assert capped.regions == free.regions
+    assert peak_memory_bytes() > 0
 
 
 def test_time_limit_is_a_safety_net_that_says_so():

@@ -64,7 +64,7 @@ def certify(
             raise QassureError(f"the region has {b.low.size} inputs but the model takes {net.n_inputs}")
     deadline = time.monotonic() + settings.time_limit
     problem = Problem(net, pg, settings)
-    runner = make_runner(problem, workers, scheduler)
+    runner = make_runner(problem, workers, scheduler, say)
     regions = []
     try:
         for i, box in enumerate(boxes):

@@ -295,10 +295,54 @@ def _check_workers(client, address: str) -> int:
     return len(reports) - 1
 
 
-def make_runner(problem: Problem, workers: int = 1, scheduler: str | None = None) -> Runner:
-    """A Dask runner when a scheduler address is given, else a process pool for workers > 1, else local."""
+# A worker process before any problem: the interpreter, numpy/scipy/numba/highspy and the compiled
+# relaxation kernels (measured ~250 MB resident on x86-64 Linux; rounded up).
+WORKER_BASE_BYTES = 400 * 2**20
+
+
+def problem_bytes(problem: Problem) -> int:
+    """What one process holding `problem` and running one job may keep resident: the problem itself
+    (its pickle, twice: the unpickled arrays and the prepared ops' lazily built constants), one block
+    of objective rows with its temporaries (four float64 arrays of `block_entries`), one executor
+    chunk of input cells (int32 activations of the widest layer) and the process's base."""
+    import pickle
+
+    pickled = len(pickle.dumps(problem, protocol=pickle.HIGHEST_PROTOCOL))
+    widest = max(node.size for node in problem.net.nodes)
+    cells = problem.settings.cell_chunk * widest * 4 * 3
+    return WORKER_BASE_BYTES + 2 * pickled + 4 * 8 * problem.settings.block_entries + cells
+
+
+def workers_within(memory_bytes: float, per_worker: int, requested: int) -> int:
+    """How many pool workers fit beside the main process (itself about one worker's size) in
+    `memory_bytes`: at most `requested`, at least one (the search must run somewhere)."""
+    fit = int(memory_bytes // per_worker) - 1
+    return max(1, min(requested, fit))
+
+
+def peak_memory_bytes() -> int:
+    """Peak resident memory of this process plus the largest finished or waited-for child
+    (Linux getrusage; ru_maxrss is in KiB there). An upper estimate of one certify run's peak when
+    its pool workers are alive one at a time per core and exited before this is read."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int((own + children) * 1024)
+
+
+def make_runner(problem: Problem, workers: int = 1, scheduler: str | None = None,
+                say: Callable[[str], None] | None = None) -> Runner:
+    """A Dask runner when a scheduler address is given, else a process pool for workers > 1 (as many as
+    fit in `settings.memory_bytes` with the main process), else local."""
     if scheduler:
         return DaskRunner(problem, scheduler)
     if workers > 1:
-        return PoolRunner(problem, workers)
+        per_worker = problem_bytes(problem)
+        fit = workers_within(problem.settings.memory_bytes, per_worker, workers)
+        if fit < workers and say is not None:
+            say(f"{fit} worker(s) instead of {workers}: each needs about {per_worker / 2**20:.0f} MB and "
+                f"memory_bytes is {problem.settings.memory_bytes / 2**30:.3g} GiB")
+        if fit > 1:
+            return PoolRunner(problem, fit)
     return LocalRunner(problem)

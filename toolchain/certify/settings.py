@@ -50,6 +50,7 @@ class Settings:
     # --- memory (no effect on results) ---
     block_entries: int = 2**23  # float64 entries of one block of objective rows (boxes x rows x widest layer)
     cell_chunk: int = 8192  # input cells per executor call
+    memory_bytes: float = 3 * 2.0**30  # pool workers are capped so main process + workers fit in this
     # --- safety net and randomness ---
     time_limit: float = 600.0  # seconds per certify call; when it bites, the verdict is unknown
     seed: int = 0

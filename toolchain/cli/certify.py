@@ -43,7 +43,7 @@ def command(
     json_out: bool = typer.Option(False, "--json", help="Print the certificate as one JSON object."),
 ) -> None:
     """Certify max |float − int8| over the config's region for one target."""
-    from toolchain.certify.parallel import available_cpus
+    from toolchain.certify.parallel import available_cpus, peak_memory_bytes
     from toolchain.config import load_config
     from toolchain.emit.artifact import certificate_dict, write_certify_outputs
     from toolchain.errors import EXIT_FAIL, EXIT_PASS
@@ -76,5 +76,7 @@ def command(
         for note in cert.notes:
             say(f"note: {note}")
         say(f"certificate: {path}")
-        result(f"{cert.verdict}: bound {cert.bound:.6g} ({cert.method}, {seconds:.1f} s)")
+        peak = peak_memory_bytes() / 2**20
+        result(f"{cert.verdict}: bound {cert.bound:.6g} ({cert.method}, {seconds:.1f} s, "
+               f"peak memory {peak:.0f} MB)")
     raise typer.Exit(EXIT_PASS if cert.verdict == "pass" else EXIT_FAIL)

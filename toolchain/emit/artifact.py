@@ -298,9 +298,13 @@ def write(result: GateResult, config: Config, target: Target, pair: ModelPair, s
 
 
 def write_timings(directory: Path, result: GateResult) -> None:
-    """Seconds per step, written after the rename: not hashed, not reproducible, not part of the proof."""
+    """Seconds per step and peak memory, written after the rename: not hashed, not reproducible, not
+    part of the proof."""
+    from toolchain.certify.parallel import peak_memory_bytes
+
     doc: dict[str, Any] = {"total": round(result.seconds, 3),
-                           "steps": {k: round(v, 3) for k, v in result.timings.items()}}
+                           "steps": {k: round(v, 3) for k, v in result.timings.items()},
+                           "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1)}
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     (Path(directory) / TIMINGS_NAME).write_text(text, encoding="utf-8")
 

@@ -250,6 +250,8 @@ def gate_summary_lines(result: GateResult) -> list[str]:
     if where is not None:
         lines.append(f"{'artifact' if result.artifact_dir else 'report (nothing deployable)'}: {where}")
     bound = f", bound {cert.bound:.6g}" if cert is not None else ""
+    from toolchain.certify.parallel import peak_memory_bytes
+
     lines.append(f"gate {result.verdict.upper()} for {result.config_name} on {result.target}{bound} "
-                 f"in {result.seconds:.1f} s")
+                 f"in {result.seconds:.1f} s (peak memory {peak_memory_bytes() / 2**20:.0f} MB)")
     return lines
