@@ -75,8 +75,8 @@ def normalize(log_features: np.ndarray) -> np.ndarray:
 
 
 def main() -> int:
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
