@@ -11,6 +11,11 @@ until the bound is within the target ratio of the witness or the time limit bite
 - cnn_depthwise: the zoo model (tests/zoo.py), L-inf balls r = 0.05 around 3 seeded inputs.
 - resnet8: MLPerf Tiny ResNet-8 quantized by the product on seeded CIFAR-like images (pixels 0..255:
   the reference int8 file has input scale 1.0, zero point -128), L-inf balls of one input LSB.
+- dscnn: configs/dscnn.yaml (the shipped keyword-spotting DS-CNN, L-inf balls of one input LSB).
+- mobilenet: keras.applications.MobileNet(alpha=0.25) at 96x96x3 (27,648 inputs, 2 classes), seeded
+  weights (not trained: what is measured is whether certify returns, within memory, with a finite
+  sound bound), quantized by the product on seeded 96x96 CIFAR-like images, one L-inf ball of one
+  input LSB.
 
 Generated data stays small and deterministic; nothing here is committed (bench/out is git-ignored).
 """
@@ -81,6 +86,10 @@ def cases(models: Path) -> list[Case]:
                     _cnn_depthwise))
     out.append(Case("resnet8", "resnet8", f"MLPerf Tiny ResNet-8 logits, {BALLS} balls r = one input LSB",
                     _resnet_preparer(models / "pretrainedResnet.h5")))
+    out.append(Case("dscnn", "dscnn", "keyword-spotting DS-CNN, 3 balls r = one LSB (configs/dscnn.yaml)",
+                    _shipped_preparer("dscnn.yaml", models)))
+    out.append(Case("mobilenet", "mobilenet", "MobileNet-0.25 96x96x3 (seeded), 1 ball r = one input LSB",
+                    _mobilenet))
     return out
 
 
@@ -257,22 +266,66 @@ def cifar_like_images(count: int, seed: int, size: int = 32) -> np.ndarray:
     return np.clip(np.round(images), 0, 255).astype(np.float32)
 
 
-def _resnet_preparer(h5: Path) -> Callable[[Path, float], Path]:
+def _resnet_preparer(h5: Path, balls: int = BALLS, size: int = 32,
+                     unit_range: bool = False) -> Callable[[Path, float], Path]:
+    """Balls of one input LSB around CIFAR-like images: pixels 0..255 (ResNet-8), or mapped to [-1, 1]
+    (`unit_range`, what keras.applications.MobileNet expects)."""
+
+    def pixels(images: np.ndarray) -> np.ndarray:
+        return (images / 127.5 - 1.0).astype(np.float32) if unit_range else images
+
+    low, high = (-1.0, 1.0) if unit_range else (0.0, 255.0)
+
     def prepare(case_dir: Path, time_limit: float) -> Path:
         case_dir.mkdir(parents=True, exist_ok=True)
-        np.save(case_dir / "calibration.npy", cifar_like_images(RESNET_CALIBRATION, SEED))
-        images = cifar_like_images(BALLS, SEED + 1)
-        base = {"description": f"{h5.name}, {BALLS} CIFAR-like images, L-inf radius one input LSB",
+        np.save(case_dir / "calibration.npy", pixels(cifar_like_images(RESNET_CALIBRATION, SEED, size)))
+        images = pixels(cifar_like_images(balls, SEED + 1, size))
+        base = {"description": f"{h5.name}, {balls} CIFAR-like images, L-inf radius one input LSB",
                 "model": str(h5), "input_interface": "float",
                 "representative_data": str(case_dir / "calibration.npy")}
         lsb = resnet_input_scale(case_dir, base, images)
-        # Centres one LSB inside [0, 255], so the balls stay in the pixel range the model was calibrated on.
-        np.save(case_dir / "centers.npy", np.clip(images, lsb, 255.0 - lsb).astype(np.float32))
-        around = {"data": str(case_dir / "centers.npy"), "radius": lsb, "count": BALLS}
+        # Centres one LSB inside the pixel range, so the balls stay in the range the model was calibrated on.
+        np.save(case_dir / "centers.npy", np.clip(images, low + lsb, high - lsb).astype(np.float32))
+        around = {"data": str(case_dir / "centers.npy"), "radius": lsb, "count": balls}
         data = {**base, "region": {"around": around}}
         return write_config(case_dir / "config.yaml", _suite_settings(data, case_dir.name, time_limit))
 
     return prepare
+
+
+MOBILENET_CLASSES = 2
+
+
+def _mobilenet(case_dir: Path, time_limit: float) -> Path:
+    """A seeded MobileNet-0.25 saved as .keras (TensorFlow seeded, so the same weights on every run), then
+    certified as ResNet-8 is: one ball of one input LSB around a 96x96 CIFAR-like image, pixels mapped to
+    [-1, 1] as the architecture expects (on 0..255 the seeded network's ReLU6s all saturate and its output
+    is a constant)."""
+    from toolchain.quantize import _keras
+
+    keras = _keras()
+    model_path = case_dir.parent / "models" / "mobilenet_025_96.keras"
+    if not model_path.is_file():
+        keras.utils.set_random_seed(SEED)
+        model = keras.applications.MobileNet(input_shape=(96, 96, 3), alpha=0.25, weights=None,
+                                             classes=MOBILENET_CLASSES, classifier_activation=None)
+        images = cifar_like_images(32, SEED + 2, 96) / 127.5 - 1.0
+        _normalize_batch_norms(model, keras, images.astype(np.float32))
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(model_path)
+    return _resnet_preparer(model_path, balls=1, size=96, unit_range=True)(case_dir, time_limit)
+
+
+def _normalize_batch_norms(model: Any, keras: Any, images: np.ndarray) -> None:
+    """Each BatchNormalization's moving statistics set, in network order, to its input's mean and variance
+    on `images`: with seeded (untrained) weights the activations otherwise shrink layer after layer (ReLU
+    halves their variance) until the output is a constant, and there is no error to bound."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            x = np.asarray(keras.Model(model.inputs, layer.input)(images, training=False), dtype=np.float64)
+            axes = tuple(range(x.ndim - 1))
+            gamma, beta, _, _ = layer.get_weights()
+            layer.set_weights([gamma, beta, x.mean(axis=axes), x.var(axis=axes) + 1e-6])
 
 
 def resnet_input_scale(case_dir: Path, base: dict[str, Any], images: np.ndarray) -> float:
@@ -300,7 +353,7 @@ def resnet_input_scale(case_dir: Path, base: dict[str, Any], images: np.ndarray)
     try:
         np.save(probe_dir / "centers.npy", images)
         probe = {**base, "region": {"around": {"data": str(probe_dir / "centers.npy"), "radius": 1.0,
-                                               "count": BALLS}}}
+                                               "count": len(images)}}}
         cfg = load_config(write_config(probe_dir / "config.yaml", _suite_settings(probe, "lsb-probe", 1.0)))
         models = make_models(cfg, load_target(TARGET), probe_dir / "models")
         quant = models.pair.int8_graph.input.quant
