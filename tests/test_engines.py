@@ -192,6 +192,34 @@ def test_memory_bytes_caps_the_pool_and_not_the_answer():
     assert peak_memory_bytes() > 0
 
 
+def test_big_nets_get_fewer_boxes_per_batch_and_the_same_bound():
+    """batch_neurons shrinks the jobs of a round (memory): the search is the same, the bounds equal up to
+    the last bits of the float sums (BLAS orders a product's sums by its shape)."""
+    net, pg = netgen.mlp([3, 10, 10, 2], ["relu", "relu", None], seed=3, calib_scale=0.7).net()
+    box = Box(np.full(3, -0.6), np.full(3, 0.6))
+    split = SMALL.replace(max_boxes=120)
+    one = certify(net, pg, [box], budget=1e-6, target="t", method="split", settings=split.replace(batch_neurons=1))
+    many = certify(net, pg, [box], budget=1e-6, target="t", method="split", settings=split)
+    assert one.regions[0].work == many.regions[0].work and one.work_budget["batch_neurons"] == 1
+    for a, b in zip(one.outputs, many.outputs, strict=True):
+        assert a.lower == b.lower and a.upper == pytest.approx(b.upper, rel=1e-12, abs=0)
+
+
+def test_stored_ranges_past_their_budget_stay_sound():
+    """With almost no room for open boxes' ranges, children start from the region's ranges: the search
+    is as deterministic, its bound still above every int8 input's error and below the root's."""
+    net, pg = TINY[1].net()
+    box = Box(np.array([-0.4, -0.4]), np.array([0.4, 0.4]))
+    tight = SMALL.replace(max_boxes=150, leaf_ranges_bytes=1.0)
+    runs = [certify(net, pg, [box], budget=1e-6, target="t", method="split", settings=tight) for _ in range(2)]
+    assert runs[0].regions == runs[1].regions and runs[0].work_budget["leaf_ranges_bytes"] == 1.0
+    root = certify(net, pg, [box], budget=1e-6, target="t", method="differential", settings=tight)
+    bound = np.array([o.upper for o in runs[0].outputs])
+    assert np.all(with_margin(bound) >= _exhaustive(net, pg, box))
+    assert np.all(bound <= np.array([o.upper for o in root.outputs]) + 1e-12)
+    assert runs[0].regions[0].work["boxes"] > 1
+
+
 def test_time_limit_is_a_safety_net_that_says_so():
     net, pg = netgen.mlp([3, 10, 10, 2], ["relu", "relu", None], seed=3).net()
     box = Box(np.full(3, -0.6), np.full(3, 0.6))

@@ -9,8 +9,9 @@ order the boxes were made) and plans one step for each:
   tightening;
 - otherwise *split* it in two (the widest side, on an input-cell edge when it spans few cells),
   and bound both children with the differential engine, every child of the round in one batched
-  pass (chunks of `chunk_boxes` boxes, one job each), each child also kept within its parent's
-  ranges and bound.
+  pass (chunks of `chunk_boxes` boxes, fewer on big networks: `batch_neurons`), each child also
+  kept within its parent's ranges and bound (past `leaf_ranges_bytes` of stored ranges, the
+  least promising boxes keep the region's ranges instead: memory stays bounded on big networks).
 Jobs are pure functions of (Problem, job) mapped by a Runner, results taken in job order, and
 every stop rule counts work (boxes bounded), never time: the same search on one process, a
 pool or a cluster gives the same bound. The wall clock only stops a search as a safety net
@@ -23,7 +24,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -53,6 +54,10 @@ class Ranges:
 
     values: np.ndarray
     exact: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.exact.nbytes
 
     @staticmethod
     def of(analysis: Analysis, i: int) -> Ranges:
@@ -302,6 +307,10 @@ def branch_and_bound(
 
     add(Leaf(root.boxes[0], root.bound.item(0), Ranges.of(root, 0), 0, np.inf, scores=_scores(root, 0)))
     cap = min(settings.enum_cells, settings.enum_bytes / max(1, net.n_outputs))
+    # Memory of a batched pass grows with boxes x neurons: big networks get fewer boxes per job (each box's
+    # result does not depend on the others of its batch, so this changes no bound).
+    chunk = max(1, min(settings.chunk_boxes, settings.batch_neurons // sum(n.size for n in net.nodes)))
+    region_ranges = heap[0][2].ranges
     last_report = time.monotonic()
     stopped = STOP_EXHAUSTED
     while heap:
@@ -340,8 +349,8 @@ def branch_and_bound(
                     sub = leaf.cells.sub(net, child) if leaf.cells is not None else None
                     children.append((li, oi, child, sub))
         jobs = []
-        for s in range(0, len(children), settings.chunk_boxes):
-            part = children[s:s + settings.chunk_boxes]
+        for s in range(0, len(children), chunk):
+            part = children[s:s + chunk]
             jobs.append(BoundJob(tuple(c[2] for c in part), tuple(to_split[c[0]].ranges for c in part),
                                  tuple(to_split[c[0]].bound for c in part), tuple(c[3] for c in part)))
         leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound) for leaf in to_enumerate + to_milp]
@@ -386,6 +395,7 @@ def branch_and_bound(
             work["milp_nodes"] += milp_work.get("milp_nodes", 0)
             milp_late = milp_late or bool(milp_work.get("milp_timed_out"))
             add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, leaf.cells, True, b.scores))
+        _shed_ranges(heap, slots, region_ranges, settings.leaf_ranges_bytes)
         if probe is not None and fresh:
             probe(np.vstack(fresh))
         if progress is not None and time.monotonic() - last_report > 2.0:
@@ -399,11 +409,30 @@ def branch_and_bound(
         stopped = STOP_TIME
     # Per node, the float pre-activation range over the union of the open boxes (for the report).
     leaves = [e[2] for e in heap] + stuck
-    values = np.stack([leaf.ranges.values for leaf in leaves])
-    lo_all, hi_all = values[:, 0].min(axis=0), values[:, 1].max(axis=0)
+    lo_all = np.min([leaf.ranges.values[0] for leaf in leaves], axis=0)
+    hi_all = np.max([leaf.ranges.values[1] for leaf in leaves], axis=0)
     offsets = np.cumsum([0] + [n.size for n in net.nodes])
     ranges = [(lo_all[a:b], hi_all[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     return EngineResult(final, stopped, dict(work, open_boxes=len(leaves)), float_ranges=ranges)
+
+
+def _shed_ranges(heap: list, slots: dict[int, int], region: Ranges, budget: float) -> None:
+    """Keep the open boxes' own node ranges within `budget` bytes: past it, the boxes least likely to be
+    refined (lowest bound first) hold the region's ranges instead, which are sound for every box of the
+    region (only looser: their children are bounded as if from the region). Deterministic: it depends on
+    the network's size, the search's order and the budget, never on the machine."""
+    own = [i for i, e in enumerate(heap) if e[2].ranges is not region]
+    total = sum(heap[i][2].ranges.nbytes for i in own)
+    if total <= budget:
+        return
+    for i in sorted(own, key=lambda i: (-heap[i][0], heap[i][1])):  # lowest key first, then oldest
+        key, count, leaf = heap[i]
+        total -= leaf.ranges.nbytes
+        shed = replace(leaf, ranges=region)
+        slots[id(shed)] = slots.pop(id(leaf))
+        heap[i] = (key, count, shed)  # same key and counter: the heap's order is unchanged
+        if total <= budget:
+            return
 
 
 def _stalled(history: list[tuple[float, float]], after: float) -> bool:

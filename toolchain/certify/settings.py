@@ -51,6 +51,10 @@ class Settings:
     block_entries: int = 2**23  # float64 entries of one block of objective rows (boxes x rows x widest layer)
     cell_chunk: int = 8192  # input cells per executor call
     memory_bytes: float = 3 * 2.0**30  # pool workers are capped so main process + workers fit in this
+    batch_neurons: int = 2**21  # boxes x neurons of one batched pass (big nets: fewer than chunk_boxes a job;
+    #   recorded: a batch's shape can change the last bits of its float sums)
+    leaf_ranges_bytes: float = 2.0**30  # open boxes' stored node ranges; past it the least promising boxes
+    #   hand their children the region's ranges instead (sound, looser; recorded: it can change a bound)
     # --- safety net and randomness ---
     time_limit: float = 600.0  # seconds per certify call; when it bites, the verdict is unknown
     seed: int = 0
@@ -79,7 +83,8 @@ class Settings:
         """The deterministic budget a certificate records (what bounded the search)."""
         keys = ("max_boxes", "max_work", "round_boxes", "chunk_boxes", "falsify_samples", "falsify_steps",
                 "falsify_outputs", "edge_steps", "edge_starts", "falsify_work", "milp_nodes",
-                "milp_leaf_nodes", "symbolic_work_root", "symbolic_work_box", "seed")
+                "milp_leaf_nodes", "symbolic_work_root", "symbolic_work_box", "batch_neurons",
+                "leaf_ranges_bytes", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
