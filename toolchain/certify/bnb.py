@@ -429,7 +429,10 @@ def branch_and_bound(
         by_leaf: dict[int, dict[int, list]] = {}
         for (li, oi, kind, child, sub, _, _), b in zip(children, bounded, strict=True):
             by_leaf.setdefault(li, {}).setdefault(oi, []).append((kind, child, sub, b))
-        gains = {"input": [0.0, 0], "neuron": [0.0, 0]}  # per kind: bound taken off, boxes bounded
+        # Per kind: bound taken off per child (the worst output, then the sum over outputs; a child that
+        # holds no input takes off all of it), boxes bounded. Per child, not the children's join: a
+        # neuron split often leaves one child where it was and tightens the other a lot.
+        gains = {"input": [0.0, 0.0, 0], "neuron": [0.0, 0.0, 0]}
         for li, leaf in enumerate(to_split):
             drop(leaf)
             valid = []
@@ -444,8 +447,11 @@ def branch_and_bound(
                     valid.append((kids, alive))
                 if alive and both:  # measured on leaves that tried both kinds only
                     gain = gains[kids[0][0]]
-                    gain[0] += max(0.0, leaf.key - max(float(k[3].bound.upper.max()) for k in alive))
-                    gain[1] += len(kids)
+                    for k in kids:
+                        up = 0.0 * leaf.bound.upper if k[3].infeasible else k[3].bound.upper
+                        gain[0] += max(0.0, leaf.key - float(up.max()))
+                        gain[1] += max(0.0, float(leaf.bound.upper.sum() - up.sum()))
+                    gain[2] += len(kids)
             if not valid:
                 stuck.append(leaf)  # cannot be split further: its bound stays as it is
                 slots[id(leaf)] = store.add(leaf.bound)
@@ -461,9 +467,10 @@ def branch_and_bound(
                     fresh.append(child.center[None])
                 if b.candidates is not None:
                     fresh.append(b.candidates)
-        if explore and gains["neuron"][1] and gains["input"][1]:
-            # Which kind took more off the bound per box bounded, on the same boxes this round.
-            rate = {k: g[0] / g[1] for k, g in gains.items()}
+        if explore and gains["neuron"][2] and gains["input"][2]:
+            # Which kind took more off the bound per box bounded, on the same boxes this round (the
+            # worst output first; where neither moved it, e.g. with many outputs, the sum).
+            rate = {k: (g[0] / g[2], g[1] / g[2]) for k, g in gains.items()}
             prefer = "neuron" if rate["neuron"] > rate["input"] else "input"
         for leaf, (b, outputs, _) in zip(to_enumerate, enum_results, strict=True):
             drop(leaf)

@@ -535,6 +535,19 @@ def _kink_gaps(lo: np.ndarray, hi: np.ndarray, kinks, grid: float | None) -> tup
     return gap, at
 
 
+def _slack(packed: np.ndarray, at: int, lo: np.ndarray, hi: np.ndarray, fn, kinks,
+           coef: np.ndarray) -> np.ndarray:
+    """(B, n): how far the relaxation line a row uses (packed[:, at:at + 4] = alpha_l, beta_l,
+    alpha_u, beta_u; upper where coef >= 0, lower elsewhere) lies from the piecewise-linear function
+    fn it bounds, at worst over [lo, hi]: the largest distance at the range's ends and the kinks
+    inside (between them both are linear)."""
+    al, bl, au, bu = (packed[:, at + i] for i in range(4))
+    vertices = [lo, hi] + [np.clip(np.where(np.isfinite(k), k, lo), lo, hi) for k in kinks]
+    up = np.max([au * v + bu - fn(v) for v in vertices], axis=0)
+    down = np.max([fn(v) - al * v - bl for v in vertices], axis=0)
+    return np.maximum(0.0, np.where(coef >= 0, up, down))
+
+
 BRANCH_NONE = (-1.0, -1.0, 0.0, 0.0, 0.0)  # a branch record without a neuron to branch on
 
 
@@ -545,10 +558,14 @@ def branch_records(net: MergedNet, nodes, lines, boxes: BoxBatch, worst: np.ndar
     that [ul, uh] crosses). `worst` (B,): the row (0..2n: +e_k, then -e_k) with the largest bound.
 
     The row is pushed back once more, and at every hidden node its coefficients (λ_f on y, λ_q on ŷ)
-    weigh each kink's relaxation gap (_kink_gaps): where λ_f and λ_q have opposite signs the
-    row is (λ_f + λ_q) y - λ_q (y - ŷ) (fused.relax_rows), so p's kink costs |λ_f + λ_q| + |λ_q|
-    (y's line and the difference's), u's |λ_q|; elsewhere |λ_f| and |λ_q|; an exact ŷ costs nothing.
-    The score is weight x gap; the largest wins (ties: the later node, then the lower neuron)."""
+    are split as fused.relax_rows splits them: where they have opposite signs the row is
+    a y + c (y - ŷ) with a = λ_f + λ_q, c = -λ_q, and y - ŷ = A(δ) + B(u); elsewhere a y + b ŷ. Each
+    term's relaxation line gives away its slack (_slack: the largest distance between the line the
+    row uses, upper or lower by its coefficient's sign, and the function, over the range's ends and
+    kinks), and A's line about the triangle of max(0, δ) over [dl, dh] where p or u crosses a float
+    kink. A side's score is what its split can take back: p's |a| slack(y) (+ |c| A's), u's
+    |b| slack(ŷ) + |c| slack(B) (+ |c| A's); an exact ŷ costs nothing. The largest wins (ties: the
+    later node, then the lower neuron)."""
     K = net.output
     n = net.nodes[K].size
     B = len(boxes)
@@ -558,13 +575,30 @@ def branch_records(net: MergedNet, nodes, lines, boxes: BoxBatch, worst: np.ndar
     best = np.tile(np.array(BRANCH_NONE), (B, 1))
 
     def score(t: int, Lf_t: np.ndarray, Lq_t: np.ndarray) -> None:
-        node, nb = net.nodes[t], nodes[t]
+        node, nb, packed = net.nodes[t], nodes[t], lines[t].packed
         lq = np.where(nb.exact, 0.0, Lq_t)
         opposite = Lf_t * lq < 0
-        w_p = np.where(opposite, np.abs(Lf_t + lq) + np.abs(lq), np.abs(Lf_t))
+        a = np.where(opposite, Lf_t + lq, Lf_t)
+        b = np.where(opposite, 0.0, lq)
+        c = np.where(opposite, -lq, 0.0)
+
+        def f(z):
+            return relax.clamp(z, node.f_lo, node.f_hi)
+
+        def g(z):
+            return relax.clamp(z, node.q_lo, node.q_hi)
+
+        s_y = _slack(packed, 2, nb.pl, nb.ph, f, (node.f_lo, node.f_hi), a)
+        s_q = _slack(packed, 6, nb.ul, nb.uh, g, (node.q_lo, node.q_hi), b)
+        kinks_u = (node.f_lo, node.f_hi, node.q_lo, node.q_hi)
+        s_b = _slack(packed, 16, nb.ul, nb.uh, lambda z: f(z) - g(z), kinks_u, c)
         gp, ap = _kink_gaps(nb.pl, nb.ph, (node.f_lo, node.f_hi), None)
         gu, au = _kink_gaps(nb.ul, nb.uh, (node.q_lo, node.q_hi, node.f_lo, node.f_hi), node.scale)
-        sp, su = w_p * gp, np.abs(lq) * gu
+        gu_f, _ = _kink_gaps(nb.ul, nb.uh, (node.f_lo, node.f_hi), None)
+        s_a = np.where(nb.dh > nb.dl, np.maximum(0.0, -nb.dl) * np.maximum(0.0, nb.dh)
+                       / np.where(nb.dh > nb.dl, nb.dh - nb.dl, 1.0), 0.0)
+        sp = np.where(gp > 0, np.abs(a) * s_y + np.abs(c) * s_a, 0.0)
+        su = np.where(gu > 0, np.abs(b) * s_q + np.abs(c) * (s_b + np.where(gu_f > 0, s_a, 0.0)), 0.0)
         on_u = su > sp
         sc = np.where(on_u, su, sp)
         j = np.argmax(sc, axis=1)
