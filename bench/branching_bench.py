@@ -73,7 +73,8 @@ def main() -> None:
     ap.add_argument("--prepare-only", action="store_true")
     args = ap.parse_args()
     print("| case | branching | bound | witness | U/L | boxes | input splits | neuron splits | dropped "
-          "| stopped | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|", sep="\n", flush=True)
+          "| enumerated | MILP solves | stopped | seconds |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|", sep="\n", flush=True)
     for name in args.cases.split(","):
         pair, boxes = prepared(name)
         if args.prepare_only:
@@ -93,7 +94,8 @@ def main() -> None:
             ratio = c.bound / c.witness.error
             print(f"| {name} | {mode} | {c.bound:.6g} | {c.witness.error:.6g} | {ratio:.2f} | "
                   f"{total('boxes')} | {total('input_splits')} | {total('neuron_splits')} | "
-                  f"{total('infeasible')} | {stopped} | {dt:.1f} |", flush=True)
+                  f"{total('infeasible')} | {total('enumerated')} | {total('milp_solves')} | {stopped} "
+                  f"| {dt:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

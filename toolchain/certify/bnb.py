@@ -196,7 +196,7 @@ class Leaf:
     box: Box
     bound: ErrorBound
     ranges: Ranges
-    depth: int
+    depth: int  # input splits from the region to this box
     parent_key: float
     cells: cells.CellOutputs | None = None  # set once the box is bounded by its cells
     milp_done: bool = False
@@ -429,10 +429,11 @@ def branch_and_bound(
         by_leaf: dict[int, dict[int, list]] = {}
         for (li, oi, kind, child, sub, _, _), b in zip(children, bounded, strict=True):
             by_leaf.setdefault(li, {}).setdefault(oi, []).append((kind, child, sub, b))
-        # Per kind: bound taken off per child (the worst output, then the sum over outputs; a child that
-        # holds no input takes off all of it), boxes bounded. Per child, not the children's join: a
-        # neuron split often leaves one child where it was and tightens the other a lot.
-        gains = {"input": [0.0, 0.0, 0], "neuron": [0.0, 0.0, 0]}
+        # Per kind: bound taken off the leaf (its worst output: the worse child's), then per child (the
+        # worst output, then the sum over outputs; a child that holds no input takes off all of it), and
+        # boxes bounded. The per-child measures decide where no split moved the leaf's worst output (many
+        # outputs): a neuron split often leaves one child where it was and tightens the other a lot.
+        gains = {"input": [0.0, 0.0, 0.0, 0], "neuron": [0.0, 0.0, 0.0, 0]}
         for li, leaf in enumerate(to_split):
             drop(leaf)
             valid = []
@@ -447,11 +448,12 @@ def branch_and_bound(
                     valid.append((kids, alive))
                 if alive and both:  # measured on leaves that tried both kinds only
                     gain = gains[kids[0][0]]
+                    gain[0] += max(0.0, leaf.key - max(float(k[3].bound.upper.max()) for k in alive))
                     for k in kids:
                         up = 0.0 * leaf.bound.upper if k[3].infeasible else k[3].bound.upper
-                        gain[0] += max(0.0, leaf.key - float(up.max()))
-                        gain[1] += max(0.0, float(leaf.bound.upper.sum() - up.sum()))
-                    gain[2] += len(kids)
+                        gain[1] += max(0.0, leaf.key - float(up.max()))
+                        gain[2] += max(0.0, float(leaf.bound.upper.sum() - up.sum()))
+                    gain[3] += len(kids)
             if not valid:
                 stuck.append(leaf)  # cannot be split further: its bound stays as it is
                 slots[id(leaf)] = store.add(leaf.bound)
@@ -461,16 +463,17 @@ def branch_and_bound(
             work[f"{kids[0][0]}_splits"] += 1
             work["infeasible"] += len(kids) - len(alive)
             for kind, child, sub, b in alive:
-                add(Leaf(child, b.bound, b.ranges, leaf.depth + 1, leaf.key, sub, scores=b.scores,
-                         branch=b.branch))
+                # depth counts input splits (the MILP pass comes after milp_depth_per_input per input).
+                depth = leaf.depth + (kind == "input")
+                add(Leaf(child, b.bound, b.ranges, depth, leaf.key, sub, scores=b.scores, branch=b.branch))
                 if kind == "input":
                     fresh.append(child.center[None])
                 if b.candidates is not None:
                     fresh.append(b.candidates)
-        if explore and gains["neuron"][2] and gains["input"][2]:
+        if explore and gains["neuron"][3] and gains["input"][3]:
             # Which kind took more off the bound per box bounded, on the same boxes this round (the
             # worst output first; where neither moved it, e.g. with many outputs, the sum).
-            rate = {k: (g[0] / g[2], g[1] / g[2]) for k, g in gains.items()}
+            rate = {k: (g[0] / g[3], g[1] / g[3], g[2] / g[3]) for k, g in gains.items()}
             prefer = "neuron" if rate["neuron"] > rate["input"] else "input"
         for leaf, (b, outputs, _) in zip(to_enumerate, enum_results, strict=True):
             drop(leaf)
