@@ -458,8 +458,11 @@ def branch_and_bound(
                 stuck.append(leaf)  # cannot be split further: its bound stays as it is
                 slots[id(leaf)] = store.add(leaf.bound)
                 continue
-            kids, alive = min(valid, key=lambda v: sorted((float(k[3].bound.upper.max()) for k in v[1]),
-                                                          reverse=True))
+            # (Exact ties, e.g. both kinds leaving a leaf's worst output where it was: the smaller sum
+            # of the children's bounds over every output.)
+            kids, alive = min(valid, key=lambda v: (sorted((float(k[3].bound.upper.max()) for k in v[1]),
+                                                           reverse=True),
+                                                    sum(float(k[3].bound.upper.sum()) for k in v[1])))
             work[f"{kids[0][0]}_splits"] += 1
             work["infeasible"] += len(kids) - len(alive)
             for kind, child, sub, b in alive:
