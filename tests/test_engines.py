@@ -205,12 +205,14 @@ def test_big_nets_get_fewer_boxes_per_batch_and_the_same_bound():
         assert a.lower == b.lower and a.upper == pytest.approx(b.upper, rel=1e-12, abs=0)
 
 
-def test_stored_ranges_past_their_budget_stay_sound():
-    """With almost no room for open boxes' ranges, children start from the region's ranges: the search
-    is as deterministic, its bound still above every int8 input's error and below the root's."""
+@pytest.mark.parametrize("branching", ["input", "neuron", "auto"])
+def test_stored_ranges_past_their_budget_stay_sound(branching):
+    """With almost no room for open boxes' ranges, children start from the region's ranges (a
+    neuron-branched box then also loses its constraint: its children cover more, never less): the
+    search is as deterministic, its bound still above every int8 input's error and below the root's."""
     net, pg = TINY[1].net()
     box = Box(np.array([-0.4, -0.4]), np.array([0.4, 0.4]))
-    tight = SMALL.replace(max_boxes=150, leaf_ranges_bytes=1.0)
+    tight = SMALL.replace(max_boxes=150, leaf_ranges_bytes=1.0, branching=branching)
     runs = [certify(net, pg, [box], budget=1e-6, target="t", method="split", settings=tight) for _ in range(2)]
     assert runs[0].regions == runs[1].regions and runs[0].work_budget["leaf_ranges_bytes"] == 1.0
     root = certify(net, pg, [box], budget=1e-6, target="t", method="differential", settings=tight)

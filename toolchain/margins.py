@@ -44,6 +44,14 @@ GRID_TOL = 1e-9
 BOUND_REL_MARGIN = 1e-7
 BOUND_ABS_MARGIN = 1e-9
 
+# A neuron-branched box (its constraint carried as a tightened range) is dropped as holding no input
+# only where a range comes out reversed by more than the float64 rounding of the sums that made it:
+# EMPTY_REL of the range's own size (ten times BOUND_REL_MARGIN, which covers the same sums) plus
+# EMPTY_LSB of the node's int8 LSB. A smaller reversal is rounding and the box is kept (a kept
+# empty box only costs tightness; a dropped box that holds an input would lose its error).
+EMPTY_REL = 10 * BOUND_REL_MARGIN
+EMPTY_LSB = 1e-6
+
 # --- the MILP engine (HiGHS) ----------------------------------------------------------------------
 
 # Tolerances set on HiGHS; the margins below assume them.

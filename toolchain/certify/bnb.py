@@ -41,6 +41,7 @@ from toolchain.certify.result import (
     ErrorBound,
 )
 from toolchain.certify.symbolic import Analysis, NodeBounds, differential_analysis, path_costs
+from toolchain.errors import SoundnessViolation
 from toolchain.margins import CELL_TOL
 from toolchain.merge import MergedNet
 
@@ -58,6 +59,21 @@ class Ranges:
     @property
     def nbytes(self) -> int:
         return self.values.nbytes + self.exact.nbytes
+
+    def constrained(self, net: MergedNet, branch: np.ndarray, below: bool) -> Ranges:
+        """These ranges with one neuron's pre-activation constrained to one side of a split point:
+        branch = (node, neuron, side, at, score) (side 0: the float p, 1: the int8 u), `below`: the
+        value <= at, else >= at. The two constraints of a split share `at`, so together they leave
+        out no value (and on the int8 side `at` lies between grid points, so each grid value lies
+        on exactly one side). The child's analysis meets its ranges with these: the neuron's
+        relaxation lines are rebuilt from the tightened range (an analysis never takes lines from
+        its parent, only ranges)."""
+        t, j, side, at = int(branch[0]), int(branch[1]), int(branch[2]), float(branch[3])
+        col = sum(n.size for n in net.nodes[:t]) + j
+        row = 2 * side + (1 if below else 0)  # ph / uh is lowered, or pl / ul raised
+        values = self.values.copy()
+        values[row, col] = min(values[row, col], at) if below else max(values[row, col], at)
+        return Ranges(values, self.exact)
 
     @staticmethod
     def of(analysis: Analysis, i: int) -> Ranges:
@@ -93,6 +109,7 @@ class BoundJob:
     parent_ranges: tuple[Ranges, ...]
     parent_bounds: tuple[ErrorBound, ...]
     cells: tuple[cells.CellOutputs | None, ...]
+    starts: tuple[int, ...] | None = None  # per box: first node with symbolic ranges of its own
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,8 @@ class Bounded:
     ranges: Ranges
     candidates: np.ndarray | None  # where a cell bound is reached (witness candidates)
     scores: np.ndarray | None = None  # each input's share of the box's worst bound (where to split)
+    branch: np.ndarray | None = None  # the neuron to branch on (symbolic.branch_records), if any
+    infeasible: bool = False  # the box's domain is provably empty (a contradicted neuron constraint)
 
 
 def bound_boxes(problem: Problem, job: BoundJob) -> tuple[list[Bounded], float]:
@@ -108,7 +127,8 @@ def bound_boxes(problem: Problem, job: BoundJob) -> tuple[list[Bounded], float]:
     bounded cell by cell. Also returns the work done (multiply-adds, estimated)."""
     net = problem.net
     parents = _parents(net, list(job.parent_ranges), list(job.parent_bounds))
-    a = differential_analysis(net, BoxBatch.of(list(job.boxes)), parents, problem.settings)
+    starts = None if job.starts is None else np.array(job.starts)
+    a = differential_analysis(net, BoxBatch.of(list(job.boxes)), parents, problem.settings, start=starts)
     out = []
     work = a.work
     for i, (box, outputs) in enumerate(zip(job.boxes, job.cells, strict=True)):
@@ -117,12 +137,20 @@ def bound_boxes(problem: Problem, job: BoundJob) -> tuple[list[Bounded], float]:
             by_cells, candidates = cells.cell_bounds(net, box, a.take([i]), outputs)
             bound = bound.meet(by_cells)
             work += float(outputs.q.size) * net.n_inputs
-        out.append(Bounded(bound, Ranges.of(a, i), candidates, _scores(a, i)))
+        infeasible = a.infeasible is not None and bool(a.infeasible[i])
+        out.append(Bounded(bound, Ranges.of(a, i), candidates, _scores(a, i), _branch(a, i), infeasible))
     return out, work
 
 
 def _scores(a: Analysis, i: int) -> np.ndarray | None:
     return None if a.split_scores is None else a.split_scores[i]
+
+
+def _branch(a: Analysis, i: int) -> np.ndarray | None:
+    """Box i's neuron to branch on, or None (no analysis record, or no crossed kink with a cost)."""
+    if a.branch is None or a.branch[i, 0] < 1 or not a.branch[i, 4] > 0:
+        return None
+    return a.branch[i]
 
 
 @dataclass(frozen=True)
@@ -142,7 +170,9 @@ def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOu
     by_cells, candidates = cells.cell_bounds(net, job.box, a, outputs)
     n_cells = outputs.q.size // max(1, net.n_outputs)
     work = a.work + n_cells * float(path_costs(net)[-1]) / 2  # the executor on every cell (int8 side)
-    return Bounded(a.bound.item(0).meet(by_cells), Ranges.of(a, 0), candidates, _scores(a, 0)), outputs, work
+    bound = a.bound.item(0).meet(by_cells)
+    bounded = Bounded(bound, Ranges.of(a, 0), candidates, _scores(a, 0), _branch(a, 0))
+    return bounded, outputs, work
 
 
 def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, float]]:
@@ -154,7 +184,7 @@ def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, float]]
                               full=True)
     m = milp_bounds(net, job.box, a, settings, node_limit=settings.milp_leaf_nodes, witness=job.witness)
     work = dict(m.work, multiply_adds=a.work, milp_timed_out=float(m.stopped == STOP_TIME))
-    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None, _scores(a, 0)), work
+    return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None, _scores(a, 0), _branch(a, 0)), work
 
 
 def run_job(problem: Problem, job: tuple) -> object:
@@ -171,11 +201,12 @@ class Leaf:
     box: Box
     bound: ErrorBound
     ranges: Ranges
-    depth: int
+    depth: int  # input splits from the region to this box
     parent_key: float
     cells: cells.CellOutputs | None = None  # set once the box is bounded by its cells
     milp_done: bool = False
     scores: np.ndarray | None = None  # each input's share of the worst bound (split the largest first)
+    branch: np.ndarray | None = None  # the neuron to branch on (settings.branching), if any
 
     @property
     def key(self) -> float:
@@ -241,6 +272,19 @@ def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float,
     return out
 
 
+def _kinds(branching: str, leaf: Leaf, explore: bool, prefer: str) -> list[str]:
+    """How a leaf is split this round: on an input (every leaf can be), on a neuron (a leaf not
+    bounded cell by cell whose analysis named a crossed kink with a cost), or (auto, in an
+    exploration round) both, keeping the better; otherwise auto takes the kind that took more off
+    per box bounded the last time both were tried."""
+    neuron = leaf.branch is not None and leaf.cells is None
+    if branching == "neuron" or (branching == "auto" and not explore and prefer == "neuron"):
+        return ["neuron"] if neuron else ["input"]
+    if branching == "auto" and explore and neuron:
+        return ["input", "neuron"]
+    return ["input"]
+
+
 class _Store:
     """The open leaves' error bounds as arrays (slot per leaf), for the combined bound each round."""
 
@@ -269,6 +313,9 @@ class _Store:
         self.free.append(slot)
 
     def combined(self) -> ErrorBound:
+        if not self.alive.any():
+            raise SoundnessViolation("branch and bound proved every part of the region empty: the region is "
+                                     "not, so a range of the differential engine is wrong")
         return ErrorBound(self.low[self.alive].min(axis=0), self.high[self.alive].max(axis=0))
 
 
@@ -292,7 +339,8 @@ def branch_and_bound(
     stuck: list[Leaf] = []
     slots: dict[int, int] = {}  # id(leaf) -> slot
     work = {"boxes": 1, "rounds": 0, "enumerated": 0, "milp_solves": 0, "milp_nodes": 0,
-            "multiply_adds": root.work}
+            "multiply_adds": root.work, "input_splits": 0, "neuron_splits": 0, "infeasible": 0}
+    prefer = "input"  # branching auto: the kind that took more off per box when both were last tried
     history: list[tuple[float, float]] = []  # (work spent, combined bound) after each round
     milp_late = False  # a leaf MILP stopped by its safety-net time limit (the answer is then the clock's)
     small = sum(n.size for n in net.nodes[1:]) <= settings.milp_max_neurons
@@ -305,10 +353,11 @@ def branch_and_bound(
     def drop(leaf: Leaf) -> None:
         store.remove(slots.pop(id(leaf)))
 
-    add(Leaf(root.boxes[0], root.bound.item(0), Ranges.of(root, 0), 0, np.inf, scores=_scores(root, 0)))
+    add(Leaf(root.boxes[0], root.bound.item(0), Ranges.of(root, 0), 0, np.inf, scores=_scores(root, 0),
+             branch=_branch(root, 0)))
     cap = min(settings.enum_cells, settings.enum_bytes / max(1, net.n_outputs))
-    # Memory of a batched pass grows with boxes x neurons: big networks get fewer boxes per job (each box's
-    # result does not depend on the others of its batch, so this changes no bound).
+    # Memory of a batched pass grows with boxes x neurons: big networks get fewer boxes per job (a function
+    # of the network and the settings; a batch's shape changes at most the last bits of its float sums).
     chunk = max(1, min(settings.chunk_boxes, settings.batch_neurons // sum(n.size for n in net.nodes)))
     region_ranges = heap[0][2].ranges
     last_report = time.monotonic()
@@ -340,19 +389,36 @@ def branch_and_bound(
             else:
                 to_split.append(leaf)
         fresh: list[np.ndarray] = []
-        # Splits: every candidate child of the round, bounded in fixed-size chunks.
-        children: list[tuple[int, int, Box, cells.CellOutputs | None]] = []  # (leaf, option, box, cells)
+        # Splits: every candidate child of the round, bounded in fixed-size chunks. A child is a box
+        # with its parent's ranges (input split), or the parent's box with its ranges constrained on
+        # one side of a neuron's kink (neuron split: both sides together cover the parent).
+        explore = settings.branching == "auto" and (work["rounds"] < 2
+                                                    or work["rounds"] % settings.branching_explore == 0)
+        children: list[tuple] = []  # (leaf, option, kind, box, cells, ranges, first symbolic node)
+        trial = max(1, settings.round_boxes // 8)  # leaves both kinds are tried on in an exploration round
         for li, leaf in enumerate(to_split):
-            for oi, pair in enumerate(_options(net, leaf, settings.split_trials, settings.cell_edge_cells,
-                                               settings.split_order)):
-                for child in pair:
-                    sub = leaf.cells.sub(net, child) if leaf.cells is not None else None
-                    children.append((li, oi, child, sub))
+            oi = 0
+            for kind in _kinds(settings.branching, leaf, explore and li < trial, prefer):
+                if kind == "neuron":
+                    assert leaf.branch is not None
+                    for below in (True, False):
+                        ranges = leaf.ranges.constrained(net, leaf.branch, below)
+                        children.append((li, oi, kind, leaf.box, None, ranges, int(leaf.branch[0]) + 1))
+                    oi += 1
+                    continue
+                for pair in _options(net, leaf, settings.split_trials, settings.cell_edge_cells,
+                                     settings.split_order):
+                    for child in pair:
+                        sub = leaf.cells.sub(net, child) if leaf.cells is not None else None
+                        children.append((li, oi, kind, child, sub, leaf.ranges, 0))
+                    oi += 1
         jobs = []
         for s in range(0, len(children), chunk):
             part = children[s:s + chunk]
-            jobs.append(BoundJob(tuple(c[2] for c in part), tuple(to_split[c[0]].ranges for c in part),
-                                 tuple(to_split[c[0]].bound for c in part), tuple(c[3] for c in part)))
+            starts = tuple(c[6] for c in part)
+            jobs.append(BoundJob(tuple(c[3] for c in part), tuple(c[5] for c in part),
+                                 tuple(to_split[c[0]].bound for c in part), tuple(c[4] for c in part),
+                                 starts if any(starts) else None))
         leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound) for leaf in to_enumerate + to_milp]
         # One map for the whole round (no barrier between kinds of job: the pool balances them).
         kinds = [bound_boxes] * len(jobs) + [enumerate_box] * len(to_enumerate) + [milp_box] * len(to_milp)
@@ -365,36 +431,75 @@ def branch_and_bound(
         work["multiply_adds"] += sum(w for _, w in results) + sum(w for _, _, w in enum_results) \
             + sum(w.get("multiply_adds", 0.0) for _, w in milp_results)
         work["rounds"] += 1
-        # Each split leaf keeps the option whose worse child is lowest (then the smaller sum).
+        # Each split leaf keeps the option whose worse child is lowest (then the smaller sum). A child
+        # whose domain is provably empty is dropped: it holds no input. When every child of an option
+        # is, so is the leaf they cover (a neuron-branched leaf whose constraint the smaller boxes
+        # contradict): it is dropped too.
         by_leaf: dict[int, dict[int, list]] = {}
-        for (li, oi, child, sub), b in zip(children, bounded, strict=True):
-            by_leaf.setdefault(li, {}).setdefault(oi, []).append((child, sub, b))
+        for (li, oi, kind, child, sub, _, _), b in zip(children, bounded, strict=True):
+            by_leaf.setdefault(li, {}).setdefault(oi, []).append((kind, child, sub, b))
+        # Per kind: bound taken off the leaf (its worst output: the worse child's), then per child (the
+        # worst output, then the sum over outputs; a child that holds no input takes off all of it), and
+        # boxes bounded. The per-child measures decide where no split moved the leaf's worst output (many
+        # outputs): a neuron split often leaves one child where it was and tightens the other a lot.
+        gains = {"input": [0.0, 0.0, 0.0, 0], "neuron": [0.0, 0.0, 0.0, 0]}
         for li, leaf in enumerate(to_split):
             drop(leaf)
-            options = by_leaf.get(li)
-            if not options:
+            valid = []
+            options = by_leaf.get(li, {})
+            both = len({kids[0][0] for kids in options.values()}) == 2
+            if any(all(k[3].infeasible for k in kids) for kids in options.values()):
+                work["infeasible"] += 1
+                continue
+            for kids in options.values():
+                alive = [k for k in kids if not k[3].infeasible]
+                if alive:
+                    valid.append((kids, alive))
+                if alive and both:  # measured on leaves that tried both kinds only
+                    gain = gains[kids[0][0]]
+                    gain[0] += max(0.0, leaf.key - max(float(k[3].bound.upper.max()) for k in alive))
+                    for k in kids:
+                        up = 0.0 * leaf.bound.upper if k[3].infeasible else k[3].bound.upper
+                        gain[1] += max(0.0, leaf.key - float(up.max()))
+                        gain[2] += max(0.0, float(leaf.bound.upper.sum() - up.sum()))
+                    gain[3] += len(kids)
+            if not valid:
                 stuck.append(leaf)  # cannot be split further: its bound stays as it is
                 slots[id(leaf)] = store.add(leaf.bound)
                 continue
-            best = min(options.values(),
-                       key=lambda kids: sorted((float(k[2].bound.upper.max()) for k in kids), reverse=True))
-            for child, sub, b in best:
-                add(Leaf(child, b.bound, b.ranges, leaf.depth + 1, leaf.key, sub, scores=b.scores))
-                fresh.append(child.center[None])
+            # (Exact ties, e.g. both kinds leaving a leaf's worst output where it was: the smaller sum
+            # of the children's bounds over every output.)
+            kids, alive = min(valid, key=lambda v: (sorted((float(k[3].bound.upper.max()) for k in v[1]),
+                                                           reverse=True),
+                                                    sum(float(k[3].bound.upper.sum()) for k in v[1])))
+            work[f"{kids[0][0]}_splits"] += 1
+            work["infeasible"] += len(kids) - len(alive)
+            for kind, child, sub, b in alive:
+                # depth counts input splits (the MILP pass comes after milp_depth_per_input per input).
+                depth = leaf.depth + (kind == "input")
+                add(Leaf(child, b.bound, b.ranges, depth, leaf.key, sub, scores=b.scores, branch=b.branch))
+                if kind == "input":
+                    fresh.append(child.center[None])
                 if b.candidates is not None:
                     fresh.append(b.candidates)
+        if explore and gains["neuron"][3] and gains["input"][3]:
+            # Which kind took more off the bound per box bounded, on the same boxes this round (the
+            # worst output first; where neither moved it, e.g. with many outputs, the sum).
+            rate = {k: (g[0] / g[3], g[1] / g[3], g[2] / g[3]) for k, g in gains.items()}
+            prefer = "neuron" if rate["neuron"] > rate["input"] else "input"
         for leaf, (b, outputs, _) in zip(to_enumerate, enum_results, strict=True):
             drop(leaf)
             work["enumerated"] += 1
             add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, outputs, leaf.milp_done,
-                     b.scores))
+                     b.scores, b.branch))
             fresh.append(b.candidates)
         for leaf, (b, milp_work) in zip(to_milp, milp_results, strict=True):
             drop(leaf)
             work["milp_solves"] += milp_work.get("milp_solves", 0)
             work["milp_nodes"] += milp_work.get("milp_nodes", 0)
             milp_late = milp_late or bool(milp_work.get("milp_timed_out"))
-            add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, leaf.cells, True, b.scores))
+            add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, leaf.cells, True, b.scores,
+                     b.branch))
         _shed_ranges(heap, slots, region_ranges, settings.leaf_ranges_bytes)
         if probe is not None and fresh:
             probe(np.vstack(fresh))

@@ -39,6 +39,8 @@ class Settings:
     enum_bytes: int = 2**20  # ... while its device outputs (int8 per output) fit in this many bytes
     split_trials: int = 1  # sides tried per split (the cut whose worse child is lowest is kept)
     split_order: str = "width"  # split the widest side first, or ("influence") the largest share of the bound
+    branching: str = "input"  # split input boxes, neuron phases ("neuron"), or ("auto") by measured progress
+    branching_explore: int = 8  # auto: both kinds tried on each box every this many rounds (and the first 2)
     milp_depth_per_input: int = 3  # MILP on leaves at least this many splits per input deep ...
     milp_stall: float = 0.99  # ... whose last split stalled (bound >= this x its parent's)
     milp_max_neurons: int = 2000  # networks larger than this get no MILP
@@ -62,6 +64,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.split_order not in ("influence", "width"):
             raise QassureError(f"setting split_order must be influence or width, not {self.split_order!r}")
+        if self.branching not in ("auto", "input", "neuron"):
+            raise QassureError(f"setting branching must be auto, input or neuron, not {self.branching!r}")
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "seed":
@@ -84,7 +88,7 @@ class Settings:
         keys = ("max_boxes", "max_work", "round_boxes", "chunk_boxes", "falsify_samples", "falsify_steps",
                 "falsify_outputs", "edge_steps", "edge_starts", "falsify_work", "milp_nodes",
                 "milp_leaf_nodes", "symbolic_work_root", "symbolic_work_box", "batch_neurons",
-                "leaf_ranges_bytes", "seed")
+                "leaf_ranges_bytes", "branching", "seed")
         return {k: getattr(self, k) for k in keys}
 
 

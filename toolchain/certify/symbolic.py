@@ -17,6 +17,7 @@ the whole batch (the layer's matrices are shared by every box). A single box is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ from toolchain.certify import fused, relax
 from toolchain.certify.region import BoxBatch
 from toolchain.certify.result import ErrorBound
 from toolchain.certify.settings import DEFAULT, Settings
-from toolchain.margins import CELL_TOL, GRID_TOL
+from toolchain.margins import CELL_TOL, EMPTY_LSB, EMPTY_REL, GRID_TOL
 from toolchain.merge import MergedNet, Node
 
 
@@ -75,6 +76,24 @@ class NodeBounds:
         dl = np.maximum(self.dl, self.pl - uh)
         dh = np.minimum(self.dh, self.ph - ul)
         return NodeBounds(self.pl, self.ph, ul, uh, dl, dh, ok & (kmin == kmax))
+
+    def ordered(self, node: Node) -> tuple[np.ndarray, NodeBounds]:
+        """(empty (B,), ranges): `empty` where some neuron's p or u range is empty by more than the
+        engine's own float64 rounding could make it (EMPTY_REL x (|lo| + |hi|) + EMPTY_LSB x the
+        node's LSB). Every range holds for every input of the box's domain, so such a domain holds
+        no input at all (a neuron-branched box whose constraint contradicts what the rest of the
+        analysis knows). Ranges reversed by less (rounding, or an empty domain) are swapped so
+        that the relaxations built on them stay well formed: [hi, lo] holds the true value within
+        the same rounding as [lo, hi] would."""
+        empty = np.zeros(self.pl.shape[0], dtype=bool)
+        out = []
+        for side, (lo, hi) in enumerate(((self.pl, self.ph), (self.ul, self.uh), (self.dl, self.dh))):
+            if side < 2:  # p and u (delta's range follows from theirs)
+                tol = EMPTY_REL * (np.abs(lo) + np.abs(hi)) + EMPTY_LSB * node.scale
+                empty |= np.any(lo - hi > tol, axis=1)
+            out += [np.minimum(lo, hi), np.maximum(lo, hi)]
+        pl, ph, ul, uh, dl, dh = out
+        return empty, NodeBounds(pl, ph, ul, uh, dl, dh, self.exact)
 
     def take(self, index) -> NodeBounds:
         """The ranges of some boxes of the batch (index: an integer array or slice)."""
@@ -167,6 +186,10 @@ class Analysis:
     lines: tuple[NodeLines | None, ...]
     work: float = 0.0  # multiply-adds the pass took (estimated from path_costs), for work budgets
     split_scores: np.ndarray | None = None  # (B, n_in): each input's share of the worst output row's bound
+    # (B, 5) per box: the neuron to branch on (node, neuron, side 0 = p / 1 = u, split point, score;
+    # node -1: none), from the worst output row's back-substitution (settings.branching not `input`).
+    branch: np.ndarray | None = None
+    infeasible: np.ndarray | None = None  # (B,) the box's domain is provably empty (NodeBounds.ordered)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -177,8 +200,11 @@ class Analysis:
         boxes = BoxBatch(self.boxes.low[idx], self.boxes.high[idx])
         lines = tuple(None if ln is None else NodeLines(ln.packed[idx]) for ln in self.lines)
         scores = None if self.split_scores is None else self.split_scores[idx]
+        branch = None if self.branch is None else self.branch[idx]
+        infeasible = None if self.infeasible is None else self.infeasible[idx]
         return Analysis(boxes, ErrorBound(self.bound.low[idx], self.bound.high[idx]),
-                        tuple(nb.take(idx) for nb in self.nodes), lines, self.work, scores)
+                        tuple(nb.take(idx) for nb in self.nodes), lines, self.work, scores, branch,
+                        infeasible)
 
     @staticmethod
     def stack(parts: list[Analysis]) -> Analysis:
@@ -190,9 +216,12 @@ class Analysis:
         lines = tuple(None if parts[0].lines[t] is None
                       else NodeLines(np.concatenate([p.lines[t].packed for p in parts]))  # type: ignore[union-attr]
                       for t in range(len(parts[0].lines)))
-        scores = None if any(p.split_scores is None for p in parts) else \
-            np.concatenate([p.split_scores for p in parts])
-        return Analysis(boxes, bound, nodes, lines, sum(p.work for p in parts), scores)
+        def cat(name: str) -> np.ndarray | None:
+            got = [getattr(p, name) for p in parts]
+            return None if any(g is None for g in got) else np.concatenate(got)
+
+        return Analysis(boxes, bound, nodes, lines, sum(p.work for p in parts), cat("split_scores"),
+                        cat("branch"), cat("infeasible"))
 
     def float_ranges(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per node, the float pre-activation range over the union of the boxes."""
@@ -325,10 +354,13 @@ def _rmul(P: np.ndarray, A) -> np.ndarray:
 def _back_substitute(
     net: MergedNet, start: int, Lf: np.ndarray, Lq: np.ndarray, const: np.ndarray, owner: np.ndarray,
     nodes, lines, boxes: BoxBatch, relax_start: bool = True, extra: tuple[dict, dict] | None = None,
+    on_node: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Push the rows Lf·y_start + Lq·ŷ_start + const (relax_start) — or, without relax_start, the
     rows Lf·p_start + Lq·u_start + const — back to the input: (G, k) with every row <= G x + k on
-    its box, G (R, n_in), k (R,). `extra`: objectives on y, ŷ of earlier nodes, added on the way."""
+    its box, G (R, n_in), k (R,). `extra`: objectives on y, ŷ of earlier nodes, added on the way.
+    `on_node(t, Lf_t, Lq_t)` sees the rows' coefficients on y_t, ŷ_t wherever node t's relaxation
+    is applied (hidden nodes only): what branch_records scores neurons with."""
     lam_f: dict[int, np.ndarray] = {start: Lf}
     lam_q: dict[int, np.ndarray] = {start: Lq}
     if extra is not None:
@@ -345,6 +377,8 @@ def _back_substitute(
             Pt, Ut = Lf_t, Lq_t
             const += Pt @ node.c_f + Ut @ node.c_q + np.abs(Ut) @ node.noise
         else:
+            if on_node is not None and t > 0:
+                on_node(t, Lf_t, Lq_t)
             Pt, Ut = fused.relax(Lf_t, Lq_t, owner, ln.packed, node.c_f, node.c_q, node.noise, const)
         if t == 0:
             # p_0 = x and u_0 = x + eps_0; where the box lies in one rounding cell of the input
@@ -472,9 +506,108 @@ def _nonzeros(A) -> int:
     return int(A.nnz) if sp.issparse(A) else int(np.size(A))
 
 
+def _kink_gaps(lo: np.ndarray, hi: np.ndarray, kinks, grid: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(gap, at) (B, n): for a range [lo, hi] that a kink of a clamp crosses, the height of the
+    triangle a relaxation leaves there, (at - lo)(hi - at) / (hi - lo), for the kink with the largest
+    one, and where to split. On the float side (grid None) at the kink itself: p <= at and p >= at
+    each lie on one closed piece. On the int8 side, u is a multiple of the grid step s: the split
+    goes between two grid points, at = s (floor(kink / s) + 1/2), so each side's grid values lie on
+    one piece and every grid value on one side (none on neither)."""
+    gap = np.zeros(lo.shape)
+    at = np.zeros(lo.shape)
+    width = np.where(hi > lo, hi - lo, 1.0)
+    for kink in kinks:
+        k = np.broadcast_to(kink, lo.shape)
+        finite = np.isfinite(k)
+        k = np.where(finite, k, 0.0)
+        m = k if grid is None else grid * (np.floor(k / grid + 1e-9) + 0.5)
+        inside = finite & (lo < m) & (m < hi)
+        g = np.where(inside, (m - lo) * (hi - m) / width, 0.0)
+        take = g > gap
+        gap, at = np.where(take, g, gap), np.where(take, m, at)
+    return gap, at
+
+
+def _slack(packed: np.ndarray, at: int, lo: np.ndarray, hi: np.ndarray, fn, kinks,
+           coef: np.ndarray) -> np.ndarray:
+    """(B, n): how far the relaxation line a row uses (packed[:, at:at + 4] = alpha_l, beta_l,
+    alpha_u, beta_u; upper where coef >= 0, lower elsewhere) lies from the piecewise-linear function
+    fn it bounds, at worst over [lo, hi]: the largest distance at the range's ends and the kinks
+    inside (between them both are linear)."""
+    al, bl, au, bu = (packed[:, at + i] for i in range(4))
+    vertices = [lo, hi] + [np.clip(np.where(np.isfinite(k), k, lo), lo, hi) for k in kinks]
+    up = np.max([au * v + bu - fn(v) for v in vertices], axis=0)
+    down = np.max([fn(v) - al * v - bl for v in vertices], axis=0)
+    return np.maximum(0.0, np.where(coef >= 0, up, down))
+
+
+BRANCH_NONE = (-1.0, -1.0, 0.0, 0.0, 0.0)  # a branch record without a neuron to branch on
+
+
+def branch_records(net: MergedNet, nodes, lines, boxes: BoxBatch, worst: np.ndarray) -> np.ndarray:
+    """(B, 5): per box, the neuron whose relaxation costs the box's worst output row the most, as
+    (node, neuron, side, split point, score); side 0 is the float pre-activation p (a ReLU or clamp
+    kink that [pl, ph] straddles), 1 the int8 one u (a clamp of the int8 range, or the float kink,
+    that [ul, uh] crosses). `worst` (B,): the row (0..2n: +e_k, then -e_k) with the largest bound.
+
+    The row is pushed back once more, and at every hidden node its coefficients (λ_f on y, λ_q on ŷ)
+    are split as fused.relax_rows splits them: where they have opposite signs the row is
+    a y + c (y - ŷ) with a = λ_f + λ_q, c = -λ_q, and y - ŷ = A(δ) + B(u); elsewhere a y + b ŷ. Each
+    term's relaxation line gives away its slack (_slack: the largest distance between the line the
+    row uses, upper or lower by its coefficient's sign, and the function, over the range's ends and
+    kinks), and A's line about the triangle of max(0, δ) over [dl, dh] where p or u crosses a float
+    kink. A side's score is what its split can take back: p's |a| slack(y) (+ |c| A's), u's
+    |b| slack(ŷ) + |c| slack(B) (+ |c| A's); an exact ŷ costs nothing. The largest wins (ties: the
+    later node, then the lower neuron)."""
+    K = net.output
+    n = net.nodes[K].size
+    B = len(boxes)
+    rows = np.arange(B)
+    Lf = np.zeros((B, n))
+    Lf[rows, worst % n] = np.where(worst < n, 1.0, -1.0)
+    best = np.tile(np.array(BRANCH_NONE), (B, 1))
+
+    def score(t: int, Lf_t: np.ndarray, Lq_t: np.ndarray) -> None:
+        node, nb, packed = net.nodes[t], nodes[t], lines[t].packed
+        lq = np.where(nb.exact, 0.0, Lq_t)
+        opposite = Lf_t * lq < 0
+        a = np.where(opposite, Lf_t + lq, Lf_t)
+        b = np.where(opposite, 0.0, lq)
+        c = np.where(opposite, -lq, 0.0)
+
+        def f(z):
+            return relax.clamp(z, node.f_lo, node.f_hi)
+
+        def g(z):
+            return relax.clamp(z, node.q_lo, node.q_hi)
+
+        s_y = _slack(packed, 2, nb.pl, nb.ph, f, (node.f_lo, node.f_hi), a)
+        s_q = _slack(packed, 6, nb.ul, nb.uh, g, (node.q_lo, node.q_hi), b)
+        kinks_u = (node.f_lo, node.f_hi, node.q_lo, node.q_hi)
+        s_b = _slack(packed, 16, nb.ul, nb.uh, lambda z: f(z) - g(z), kinks_u, c)
+        gp, ap = _kink_gaps(nb.pl, nb.ph, (node.f_lo, node.f_hi), None)
+        gu, au = _kink_gaps(nb.ul, nb.uh, (node.q_lo, node.q_hi, node.f_lo, node.f_hi), node.scale)
+        gu_f, _ = _kink_gaps(nb.ul, nb.uh, (node.f_lo, node.f_hi), None)
+        s_a = np.where(nb.dh > nb.dl, np.maximum(0.0, -nb.dl) * np.maximum(0.0, nb.dh)
+                       / np.where(nb.dh > nb.dl, nb.dh - nb.dl, 1.0), 0.0)
+        sp = np.where(gp > 0, np.abs(a) * s_y + np.abs(c) * s_a, 0.0)
+        su = np.where(gu > 0, np.abs(b) * s_q + np.abs(c) * (s_b + np.where(gu_f > 0, s_a, 0.0)), 0.0)
+        on_u = su > sp
+        sc = np.where(on_u, su, sp)
+        j = np.argmax(sc, axis=1)
+        v = sc[rows, j]
+        better = v > best[:, 4]
+        rec = np.stack([np.full(B, float(t)), j.astype(np.float64), on_u[rows, j].astype(np.float64),
+                        np.where(on_u, au, ap)[rows, j], v], axis=1)
+        best[better] = rec[better]
+
+    _back_substitute(net, K, Lf, -Lf, np.zeros(B), rows, nodes, lines, boxes, on_node=score)
+    return best
+
+
 def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | None = None,
                           settings: Settings = DEFAULT, full: bool = False,
-                          work: float | None = None) -> Analysis:
+                          work: float | None = None, start: np.ndarray | None = None) -> Analysis:
     """Symbolic bounds for every node, then for the output error y_K - ŷ_K, for every box.
 
     `parent` (an analysis of enclosing boxes, one per box) tightens every range: a child's linear
@@ -488,7 +621,13 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     ranges of hidden nodes (estimated from path_costs before each node): past it, nodes keep their
     forward ranges (forward_node) and only the output's own rows are pushed back. Networks of
     hundreds of thousands of neurons are bounded that way, in memory and time that grow with the
-    network, not with its square."""
+    network, not with its square.
+
+    With settings.branching other than `input`, the analysis also names the neuron each box would
+    best branch on (branch_records) and which boxes' domains are provably empty (NodeBounds.ordered:
+    a neuron-branched box carries its constraint as a tightened range in `parent`). `start` (B,):
+    box b's nodes before start[b] get no symbolic ranges of their own (a neuron-branched child of a
+    box at node t: its ranges there are its parent's, which the meet takes)."""
     B = len(boxes)
     nodes: list[NodeBounds] = []
     lines: list[NodeLines | None] = []
@@ -496,6 +635,8 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     path = path_costs(net)
     rows_cost = row_costs(net)
     spent = float(B * path[-1])  # the forward ranges: about one pass over every layer per box
+    branching = settings.branching != "input"
+    empty = np.zeros(B, dtype=bool)
     for t, node in enumerate(net.nodes):
         nb = forward_node(net, t, nodes, boxes)
         if parent is not None:
@@ -505,6 +646,8 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
             # relaxation is already exact, tighter ranges only reach later layers through their
             # interval ranges.
             todo = np.ones((B, node.size), dtype=bool) if full or t == net.output else ~settled(node, nb)
+            if start is not None:
+                todo &= (np.asarray(start) <= t)[:, None]
             cost = 6.0 * todo.sum() * rows_cost[t]
             if cost > budget:
                 todo[:] = False
@@ -516,6 +659,9 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
                                         np.zeros(todo.shape, dtype=bool)))
         if t > 0 and not node.linear_only:
             nb = nb.snapped(node)
+        if branching:
+            gone, nb = nb.ordered(node)
+            empty |= gone
         nodes.append(nb)
         # The input node too: ŷ_0 is the input clamped to the int8 range.
         lines.append(None if node.linear_only else node_lines(node, nb))
@@ -533,7 +679,11 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     if parent is not None:
         bound = bound.meet(parent.bound)
     spent += 2.0 * B * n * path[K]
-    return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores)
+    if not branching:
+        return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores)
+    branch = branch_records(net, nodes, lines, boxes, worst)
+    spent += B * path[K]
+    return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores, branch, empty)
 
 
 def float_linear_bounds(net: MergedNet,
