@@ -180,8 +180,8 @@ def test_certify_command_writes_its_three_files(tmp_path, fake):
 
 @pytest.mark.parametrize("command", ["certify", "run"])
 def test_work_budget_and_safety_net_reach_the_engines(tmp_path, monkeypatch, zoo, command):
-    """max_boxes (config, or --max-boxes) -> Settings.max_boxes; time_limit -> the safety net; samples ->
-    the falsifier's samples."""
+    """max_boxes (config, or --max-boxes) -> Settings.max_boxes; branching (config, or --branching) ->
+    Settings.branching; time_limit -> the safety net; samples -> the falsifier's samples."""
     seen = []
     engine = fake_engine()
 
@@ -195,13 +195,20 @@ def test_work_budget_and_safety_net_reach_the_engines(tmp_path, monkeypatch, zoo
     cfg.write_text(yaml.safe_dump({"float_tflite": str(m.float_tflite), "int8_tflite": str(m.int8_tflite),
                                    "region": {"box": {"low": -1.0, "high": 1.0}},
                                    "budget": {"max_abs_error": 100.0}, "representative_data": 8,
-                                   "samples": 123, "time_limit": 7, "max_boxes": 11}))
+                                   "samples": 123, "time_limit": 7, "max_boxes": 11, "branching": "neuron"}))
     base = [command, str(cfg), "--target", "cortex-m4", "--out", str(tmp_path / "o")]
     assert run_cli(*base)[0] == 0
-    assert run_cli(*base, "--max-boxes", "3", "--time-limit", "2.5")[0] == 0
-    assert [(s.max_boxes, s.time_limit, s.falsify_samples) for s in seen] == [(11, 7.0, 123), (3, 2.5, 123)]
+    assert run_cli(*base, "--max-boxes", "3", "--time-limit", "2.5", "--branching", "auto")[0] == 0
+    assert [(s.max_boxes, s.time_limit, s.falsify_samples, s.branching) for s in seen] == [
+        (11, 7.0, 123, "neuron"), (3, 2.5, 123, "auto")]
     res = CliRunner().invoke(app, [*base, "--max-boxes", "0"])
     assert res.exit_code == 2 and "--max-boxes" in res.stderr
+    res = CliRunner().invoke(app, [*base, "--branching", "phases"])
+    assert res.exit_code == 2 and "--branching 'phases': expected one of input, neuron, auto" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    cfg.write_text(cfg.read_text().replace("branching: neuron", "branching: phases"))
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 2 and "branching" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 SHIPPED_CONFIGS = ("default", "acasxu", "ad01", "resnet8", "resnet8_4lsb", "dscnn")

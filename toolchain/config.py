@@ -81,6 +81,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "time_limit": {"type": "number", "exclusiveMinimum": 0},
         "max_boxes": {"type": "integer", "minimum": 1},
         "max_work": {"type": "number", "exclusiveMinimum": 0},
+        "branching": {"enum": ["input", "neuron", "auto"]},
         "scheduler": {"type": "string", "pattern": SCHEDULER_PATTERN},
     },
 }
@@ -207,6 +208,7 @@ class Config:
     time_limit: float  # seconds: the certify engines' safety net (when it bites, the verdict is unknown)
     max_boxes: int  # work budget: boxes bounded per region by branch and bound (deterministic)
     max_work: float  # work budget: multiply-adds per region of branch and bound (deterministic)
+    branching: str = DEFAULT_SETTINGS.branching  # what branch and bound splits: input | neuron | auto
     scheduler: str | None = None  # Dask scheduler the certify engines' jobs run on (None: this machine)
 
     def budget(self, output_size: int) -> np.ndarray:
@@ -288,6 +290,7 @@ def load_config(path: str | Path) -> Config:
         time_limit=float(data.get("time_limit", DEFAULT_TIME_LIMIT)),
         max_boxes=int(data.get("max_boxes", DEFAULT_SETTINGS.max_boxes)),
         max_work=float(data.get("max_work", DEFAULT_SETTINGS.max_work)),
+        branching=str(data.get("branching", DEFAULT_SETTINGS.branching)),
         scheduler=scheduler,
     )
 

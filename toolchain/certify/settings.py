@@ -15,6 +15,8 @@ from typing import Any
 
 from toolchain.errors import QassureError
 
+BRANCHINGS = ("input", "neuron", "auto")  # what branch and bound may split
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -64,7 +66,7 @@ class Settings:
     def __post_init__(self) -> None:
         if self.split_order not in ("influence", "width"):
             raise QassureError(f"setting split_order must be influence or width, not {self.split_order!r}")
-        if self.branching not in ("auto", "input", "neuron"):
+        if self.branching not in BRANCHINGS:
             raise QassureError(f"setting branching must be auto, input or neuron, not {self.branching!r}")
         for f in fields(self):
             v = getattr(self, f.name)

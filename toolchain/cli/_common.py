@@ -19,6 +19,9 @@ METHOD_HELP = "Certify engine: " + " | ".join(METHODS) + " (docs/reference.md sa
 MAX_BOXES_HELP = "Work budget: boxes bounded per region, deterministic (default: the config's max_boxes)."
 MAX_WORK_HELP = ("Work budget: multiply-adds per region of branch and bound, deterministic (default: the "
                  "config's max_work).")
+BRANCHING_HELP = ("What branch and bound splits: input | neuron (phases of crossed ReLU/clamp kinks, for "
+                  "regions with many inputs) | auto (whichever took more off the bound when both were last "
+                  "tried); default: the config's branching, else input.")
 TIME_LIMIT_HELP = ("Safety net in seconds (default: the config's time_limit); when it bites, the verdict is "
                    "unknown and the certificate says so.")
 WORKERS_HELP = ("Processes for input splitting (default: every CPU this process may use); ignored when a "
@@ -74,6 +77,14 @@ def check_method(method: str) -> None:
     """--method must name a certify engine (exit 2 otherwise)."""
     if method not in METHODS:
         raise QassureError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+
+
+def check_branching(branching: str | None) -> None:
+    """--branching must name a kind of split (exit 2 otherwise)."""
+    from toolchain.certify.settings import BRANCHINGS
+
+    if branching is not None and branching not in BRANCHINGS:
+        raise QassureError(f"--branching {branching!r}: expected one of {', '.join(BRANCHINGS)}")
 
 
 def check_scheduler(scheduler: str | None) -> None:

@@ -14,12 +14,14 @@ from pathlib import Path
 import typer
 
 from toolchain.cli._common import (
+    BRANCHING_HELP,
     MAX_BOXES_HELP,
     MAX_WORK_HELP,
     METHOD_HELP,
     SCHEDULER_HELP,
     TIME_LIMIT_HELP,
     WORKERS_HELP,
+    check_branching,
     check_method,
     check_scheduler,
     emit_json,
@@ -35,6 +37,7 @@ def command(
     method: str = typer.Option("auto", "--method", help=METHOD_HELP),
     max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
     max_work: float | None = typer.Option(None, "--max-work", min=1.0, help=MAX_WORK_HELP),
+    branching: str | None = typer.Option(None, "--branching", help=BRANCHING_HELP),
     time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
@@ -51,6 +54,7 @@ def command(
     from toolchain.targets import load_target
 
     check_method(method)
+    check_branching(branching)
     check_scheduler(scheduler)
     cfg = load_config(config)
     tgt = load_target(target)
@@ -62,7 +66,8 @@ def command(
         models = make_models(cfg, tgt, Path(tmp))
         t0 = time.perf_counter()
         cert = certify_models(cfg, tgt, models.pair, method=method, time_limit=time_limit,
-                              max_boxes=max_boxes, max_work=max_work, workers=workers or available_cpus(),
+                              max_boxes=max_boxes, max_work=max_work, branching=branching,
+                              workers=workers or available_cpus(),
                               scheduler=scheduler,
                               progress=progress)
         seconds = time.perf_counter() - t0

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from toolchain.cli._common import (
+    BRANCHING_HELP,
     MAX_BOXES_HELP,
     MAX_WORK_HELP,
     METHOD_HELP,
@@ -14,6 +15,7 @@ from toolchain.cli._common import (
     SETTINGS,
     TIME_LIMIT_HELP,
     WORKERS_HELP,
+    check_branching,
     check_method,
     check_scheduler,
     emit_json,
@@ -29,6 +31,7 @@ def command(
     method: str = typer.Option("auto", "--method", help=METHOD_HELP),
     max_boxes: int | None = typer.Option(None, "--max-boxes", min=1, help=MAX_BOXES_HELP),
     max_work: float | None = typer.Option(None, "--max-work", min=1.0, help=MAX_WORK_HELP),
+    branching: str | None = typer.Option(None, "--branching", help=BRANCHING_HELP),
     time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
@@ -46,11 +49,13 @@ def command(
     elif verbose:
         SETTINGS.verbosity = 1
     check_method(method)
+    check_branching(branching)
     check_scheduler(scheduler)
     show = not json_out and SETTINGS.verbosity >= 0
     with progress_display(show) as progress:
         res = run_gate(config, target, out_root=out, method=method, time_limit=time_limit,
-                       max_boxes=max_boxes, max_work=max_work, workers=workers or available_cpus(),
+                       max_boxes=max_boxes, max_work=max_work, branching=branching,
+                       workers=workers or available_cpus(),
                        scheduler=scheduler,
                        progress=progress)
     if json_out:

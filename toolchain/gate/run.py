@@ -105,11 +105,12 @@ def check_scheduler_answers(config: Config, override: str | None = None) -> None
 
 def certify_models(config: Config, target: Target, pair: ModelPair, *, method: str = "auto",
                    time_limit: float | None = None, max_boxes: int | None = None,
-                   max_work: float | None = None, workers: int = 1, scheduler: str | None = None,
-                   progress: Progress = _quiet) -> Certificate:
+                   max_work: float | None = None, branching: str | None = None, workers: int = 1,
+                   scheduler: str | None = None, progress: Progress = _quiet) -> Certificate:
     """Run the certify engines on the pair over the config's region; hashes of the inputs filled in.
 
-    `time_limit`, `max_boxes` and `max_work` override the config's (the safety net, the work budget);
+    `time_limit`, `max_boxes`, `max_work` and `branching` override the config's (the safety net, the
+    work budget, what branch and bound splits);
     `scheduler` the config's Dask scheduler (`local`: this machine, `workers` processes). On a cluster
     `workers` is ignored; the certificate is the same either way."""
     from toolchain.certify import certifier
@@ -123,6 +124,7 @@ def certify_models(config: Config, target: Target, pair: ModelPair, *, method: s
     settings = DEFAULT.replace(time_limit=config.time_limit if time_limit is None else time_limit,
                                max_boxes=config.max_boxes if max_boxes is None else max_boxes,
                                max_work=config.max_work if max_work is None else max_work,
+                               branching=config.branching if branching is None else branching,
                                falsify_samples=config.samples)
     budget = config.budget(ig.output.size).tolist()
     address = scheduler_for(config, scheduler)
@@ -143,8 +145,8 @@ def certify_models(config: Config, target: Target, pair: ModelPair, *, method: s
 
 def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str = "build",
              method: str = "auto", time_limit: float | None = None, max_boxes: int | None = None,
-             max_work: float | None = None, workers: int = 1, scheduler: str | None = None,
-             progress: Progress = _quiet, emit: bool = True) -> GateResult:
+             max_work: float | None = None, branching: str | None = None, workers: int = 1,
+             scheduler: str | None = None, progress: Progress = _quiet, emit: bool = True) -> GateResult:
     """Run the whole gate; QassureError (exit 2) propagates for bad input. `scheduler`: see
     certify_models."""
     t_start = time.perf_counter()
@@ -186,8 +188,8 @@ def run_gate(config_path: Path | str, target_name: str, *, out_root: Path | str 
         progress(f"certifying over {len(boxes)} region(s), method {method}")
         try:
             cert = certify_models(config, target, pair, method=method, time_limit=time_limit,
-                                  max_boxes=max_boxes, max_work=max_work, workers=workers,
-                                  scheduler=scheduler, progress=progress)
+                                  max_boxes=max_boxes, max_work=max_work, branching=branching,
+                                  workers=workers, scheduler=scheduler, progress=progress)
             done("certify")
             checks += certificate_checks(cert, config)
             step("sampling")
