@@ -38,7 +38,7 @@ CASES = {"acas-1_1": "acas-1_1-domain", "ad01": "ad01", "cnn_depthwise": "cnn_de
 
 def prepared(name: str):
     """(pair, boxes) of a case: its config written and its models quantized once (cached)."""
-    case = {c.id: c for c in cases(find_models_dir())}[CASES[name]]
+    case = {c.id: c for c in cases(find_models_dir())}[CASES.get(name, name)]  # or any suite case id
     d = OUT / name
     config_path = d / "config.yaml"
     if not config_path.exists():
@@ -64,7 +64,7 @@ def prepared(name: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--cases", default=",".join(CASES), help="short names above or suite case ids")
     ap.add_argument("--modes", default="input,neuron,auto")
     ap.add_argument("--max-boxes", type=int, default=2000)
     ap.add_argument("--regions", type=int, default=1, help="regions of the case certified (the first K)")

@@ -236,8 +236,8 @@ def test_auto_tries_both_kinds_and_is_deterministic(monkeypatch):
     tried: list[tuple[bool, tuple[str, ...]]] = []
     kinds = bnb._kinds
 
-    def spy(branching, leaf, explore, prefer):
-        out = kinds(branching, leaf, explore, prefer)
+    def spy(branching, leaf, explore, prefer, stall):
+        out = kinds(branching, leaf, explore, prefer, stall)
         tried.append((explore, tuple(out)))
         return out
 
@@ -285,8 +285,17 @@ def test_a_dropped_child_holds_no_int8_input(seed, monkeypatch):
                 dropped.append((child, b.ranges.path))
         return out, work
 
+    def keeping_path(job_fn):  # a box bounded cell by cell or by MILP keeps its constraints' path
+        def run(problem, job):
+            out = job_fn(problem, job)
+            object.__setattr__(out[0].ranges, "path", getattr(job.ranges, "path", ()))
+            return out
+        return run
+
     monkeypatch.setattr(bnb.Ranges, "constrained", constrained_with_path)
     monkeypatch.setattr(bnb, "bound_boxes", bound_boxes_with_path)
+    monkeypatch.setattr(bnb, "enumerate_box", keeping_path(bnb.enumerate_box))
+    monkeypatch.setattr(bnb, "milp_box", keeping_path(bnb.milp_box))
     problem = Problem(net, pg, SMALL.replace(branching="neuron", enum_cells=1, max_boxes=240))
     _search(problem, box, LocalRunner(problem))
     index = {t.name: t.index for t in pg.graph.tensors}

@@ -272,12 +272,17 @@ def _options(net: MergedNet, leaf: Leaf, trials: int, cell_edge_cells: float,
     return out
 
 
-def _kinds(branching: str, leaf: Leaf, explore: bool, prefer: str) -> list[str]:
+def _kinds(branching: str, leaf: Leaf, explore: bool, prefer: str, stall: float) -> list[str]:
     """How a leaf is split this round: on an input (every leaf can be), on a neuron (a leaf not
     bounded cell by cell whose analysis named a crossed kink with a cost), or (auto, in an
     exploration round) both, keeping the better; otherwise auto takes the kind that took more off
-    per box bounded the last time both were tried."""
+    per box bounded the last time both were tried, except on a leaf whose last split left its bound
+    where it was (>= stall x its parent's): that one is split on an input (chains of neuron splits
+    that fix one kink after another without moving a box's worst output would otherwise hold the
+    search on one box)."""
     neuron = leaf.branch is not None and leaf.cells is None
+    if branching == "auto" and not explore and prefer == "neuron" and leaf.key >= stall * leaf.parent_key:
+        return ["input"]
     if branching == "neuron" or (branching == "auto" and not explore and prefer == "neuron"):
         return ["neuron"] if neuron else ["input"]
     if branching == "auto" and explore and neuron:
@@ -398,7 +403,7 @@ def branch_and_bound(
         trial = max(1, settings.round_boxes // 8)  # leaves both kinds are tried on in an exploration round
         for li, leaf in enumerate(to_split):
             oi = 0
-            for kind in _kinds(settings.branching, leaf, explore and li < trial, prefer):
+            for kind in _kinds(settings.branching, leaf, explore and li < trial, prefer, settings.milp_stall):
                 if kind == "neuron":
                     assert leaf.branch is not None
                     for below in (True, False):

@@ -53,12 +53,22 @@ class NodeBounds:
         return relax.clamp(self.ul, node.q_lo, node.q_hi), relax.clamp(self.uh, node.q_lo, node.q_hi)
 
     def meet(self, other: NodeBounds) -> NodeBounds:
-        """Both hold: the intersection (delta also within [pl - uh, ph - ul] of the new ranges)."""
+        """Both hold: the intersection, with p = u + delta used both ways (p within [ul + dl, uh + dh],
+        u within [pl - dh, ph - dl], delta within [pl - uh, ph - ul]; each sum rounded outward). A range
+        cut on one side (a neuron-branched box's u <= at) so also reaches the other: without it a
+        float range that the cut makes impossible would keep bounding y."""
         pl, ph = np.maximum(self.pl, other.pl), np.minimum(self.ph, other.ph)
         ul, uh = np.maximum(self.ul, other.ul), np.minimum(self.uh, other.uh)
-        dl = np.maximum(np.maximum(self.dl, other.dl), pl - uh)
-        dh = np.minimum(np.minimum(self.dh, other.dh), ph - ul)
-        return NodeBounds(pl, ph, ul, uh, dl, dh, self.exact | other.exact)
+        dl, dh = np.maximum(self.dl, other.dl), np.minimum(self.dh, other.dh)
+        down, up = -np.inf, np.inf
+        with np.errstate(invalid="ignore"):  # inf - inf where a range is unbounded: nan, ignored by fmax/fmin
+            pl2 = np.fmax(pl, np.nextafter(ul + dl, down))
+            ph2 = np.fmin(ph, np.nextafter(uh + dh, up))
+            ul2 = np.fmax(ul, np.nextafter(pl - dh, down))
+            uh2 = np.fmin(uh, np.nextafter(ph - dl, up))
+            dl2 = np.fmax(dl, np.nextafter(pl2 - uh2, down))
+            dh2 = np.fmin(dh, np.nextafter(ph2 - ul2, up))
+        return NodeBounds(pl2, ph2, ul2, uh2, dl2, dh2, self.exact | other.exact)
 
     def snapped(self, node: Node) -> NodeBounds:
         """The rounded value is an integer k (in LSBs, u = s k) within rho = noise / s of the
@@ -78,7 +88,7 @@ class NodeBounds:
         return NodeBounds(self.pl, self.ph, ul, uh, dl, dh, ok & (kmin == kmax))
 
     def ordered(self, node: Node) -> tuple[np.ndarray, NodeBounds]:
-        """(empty (B,), ranges): `empty` where some neuron's p or u range is empty by more than the
+        """(empty (B,), ranges): `empty` where some neuron's p, u or delta range is empty by more than the
         engine's own float64 rounding could make it (EMPTY_REL x (|lo| + |hi|) + EMPTY_LSB x the
         node's LSB). Every range holds for every input of the box's domain, so such a domain holds
         no input at all (a neuron-branched box whose constraint contradicts what the rest of the
@@ -87,10 +97,13 @@ class NodeBounds:
         the same rounding as [lo, hi] would."""
         empty = np.zeros(self.pl.shape[0], dtype=bool)
         out = []
-        for side, (lo, hi) in enumerate(((self.pl, self.ph), (self.ul, self.uh), (self.dl, self.dh))):
-            if side < 2:  # p and u (delta's range follows from theirs)
-                tol = EMPTY_REL * (np.abs(lo) + np.abs(hi)) + EMPTY_LSB * node.scale
-                empty |= np.any(lo - hi > tol, axis=1)
+        for lo, hi in ((self.pl, self.ph), (self.ul, self.uh), (self.dl, self.dh)):
+            # delta too: its range holds for every input of the domain like p's and u's (it is not
+            # only pl - uh .. ph - ul: symbolic bounds tighten it on their own), so a reversed delta
+            # range is as much a proof of an empty domain (swapped instead, it would be a wide range
+            # that loosens every later layer for nothing).
+            tol = EMPTY_REL * (np.abs(lo) + np.abs(hi)) + EMPTY_LSB * node.scale
+            empty |= np.any(lo - hi > tol, axis=1)
             out += [np.minimum(lo, hi), np.maximum(lo, hi)]
         pl, ph, ul, uh, dl, dh = out
         return empty, NodeBounds(pl, ph, ul, uh, dl, dh, self.exact)
