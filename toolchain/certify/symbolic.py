@@ -532,7 +532,8 @@ _PATTERNS: dict[int, tuple[MergedNet, list]] = {}
 
 def _patterns(net: MergedNet) -> list[list]:
     """Per node and input: (pattern, A_f, A_q), each a CSR triple (indptr, indices, data) or, for a
-    dense matrix, None, the pattern the nonzeros of A_f and A_q together; cached per network."""
+    dense matrix, None, the pattern covering the nonzeros of A_f and A_q together (A_f's own
+    where both share one structure, as converted pairs do: no copy); cached per network."""
     hit = _PATTERNS.get(id(net))
     if hit is not None and hit[0] is net:
         return hit[1]
@@ -541,9 +542,12 @@ def _patterns(net: MergedNet) -> list[list]:
         row: list[tuple] = []
         for Af, Aq in zip(node.A_f, node.A_q, strict=True):
             if sp.issparse(Af) and sp.issparse(Aq):
-                P = (abs(Af) + abs(Aq)).tocsr()
-                P.eliminate_zeros()
-                row.append(tuple(_csr(M) for M in (P, Af, Aq)))
+                f, q = _csr(Af), _csr(Aq)
+                if not (np.array_equal(f[0], q[0]) and np.array_equal(f[1], q[1])):
+                    P = (abs(Af) + abs(Aq)).tocsr()
+                    row.append((_csr(P), f, q))
+                else:
+                    row.append((f, f, q))
             else:
                 P = sp.csr_matrix((np.asarray(_dense(Af)) != 0) | (np.asarray(_dense(Aq)) != 0))
                 row.append((_csr(P), None, None))
@@ -555,8 +559,9 @@ def _patterns(net: MergedNet) -> list[list]:
 
 
 def _csr(M) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    M = sp.csr_matrix(M)
-    return (M.indptr.astype(np.int64), M.indices.astype(np.int64), M.data.astype(np.float64))
+    """(indptr, indices, data) of a sparse matrix (its own arrays when it is CSR already)."""
+    M = M if M.format == "csr" else M.tocsr()
+    return M.indptr, M.indices, M.data
 
 
 def _dense(A):
