@@ -1003,9 +1003,11 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
             cost = 6.0 * todo.sum() * rows_cost[t]
             # This layer's share of what is left, front-loaded (what is left over L^(1/4), L the
             # non-linear layers from here on): an early layer's ranges feed every later one.
-            # Measured at the default root budget, worst of 3 balls: DS-CNN 222 with an even split
-            # (L^1), 196 (L^(1/2)), 161 (L^(1/4)), 170 (all of it); ResNet-8 2.50e6, 1.31e6,
-            # 1.32e6, 1.41e6; shares by each layer's dense cost: 376 and 3.24e6.
+            # Measured at the default root budget, worst of 3 balls (with u's own rows still
+            # pushed): DS-CNN 222 with an even split (L^1), 196 (L^(1/2)), 161 (L^(1/4)), 170 (all
+            # of it); ResNet-8 2.50e6, 1.31e6, 1.32e6, 1.41e6; shares by each layer's dense cost:
+            # 376 and 3.24e6. Without u's rows L^(1/10), L^(1/4), L^(1/2): DS-CNN 148.3 each,
+            # ResNet-8 1.28e6, 1.22e6, 1.21e6.
             share = budget / sum(1 for s in range(t, len(net.nodes)) if not net.nodes[s].linear_only) ** 0.25
             up = None
             windowed = False
