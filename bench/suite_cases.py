@@ -244,26 +244,15 @@ def _cnn_depthwise(case_dir: Path, time_limit: float) -> Path:
 
 
 def cifar_like_images(count: int, seed: int, size: int = 32) -> np.ndarray:
-    """(count, size, size, 3) float32 integer pixel values in [0, 255]: a smooth random colour field (a few
-    low-frequency waves), one brighter or darker blob, a little pixel noise, stretched to a random contrast
-    that often reaches 0 and 255 as photos do."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
-    images = np.empty((count, size, size, 3))
-    for i in range(count):
-        img = np.broadcast_to(rng.uniform(0, 1, 3), (size, size, 3)).copy()
-        for _ in range(3):
-            fy, fx = rng.uniform(0, 3, 2)
-            wave = np.cos(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi))
-            img += 0.3 * wave[..., None] * rng.uniform(-1, 1, 3)
-        cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.3)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        img += blob[..., None] * rng.uniform(-1, 1, 3)
-        img += rng.normal(0, 0.03, img.shape)
-        lo, hi = img.min(), img.max()
-        low, high = np.sort(rng.uniform(-60, 315, 2))  # the stretch often overshoots: clipped to 0..255
-        images[i] = low + (img - lo) / max(hi - lo, 1e-9) * (high - low)
-    return np.clip(np.round(images), 0, 255).astype(np.float32)
+    """(count, size, size, 3) float32 integer pixel values in [0, 255]: the shipped examples' generator
+    (configs/make_cifar_like.py: smooth colour fields, a blob, a little noise, a photo-like stretch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_cifar_like", CONFIGS / "make_cifar_like.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.cifar_like_images(count, np.random.default_rng(seed), size).astype(np.float32)
 
 
 def _resnet_preparer(h5: Path, balls: int = BALLS, size: int = 32,
