@@ -15,7 +15,9 @@ The merged output is y_K - ŷ_K. SOFTMAX at the end is not bounded: the logits b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -71,6 +73,22 @@ class MergedNet:
     certified_tensor: str
     int8_output_tensor: int  # tensor index in the int8 graph of the certified tensor
     notes: tuple[str, ...] = ()
+
+    def derived(self, key: str, build: Callable[[], Any]) -> Any:
+        """A value derived from this network on first use (e.g. the engines' sparsity patterns),
+        kept with it: never pickled (a worker derives its own), never compared."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_derived", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     @property
     def n_inputs(self) -> int:

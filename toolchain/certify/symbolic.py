@@ -540,16 +540,16 @@ def _nonzeros(A) -> int:
 # DS-CNN 161 -> 148, ResNet-8 1.32e6 -> 1.22e6 without them).
 _KINDS = np.array([0, 1, 4, 5])
 _GROUP = 16  # neighbouring neurons whose rows share one support (one position of a 16-channel conv)
-_PATTERNS: dict[int, tuple[MergedNet, list]] = {}
 
 
 def _patterns(net: MergedNet) -> list[list]:
     """Per node and input: (pattern, A_f, A_q), each a CSR triple (indptr, indices, data) or, for a
     dense matrix, None, the pattern covering the nonzeros of A_f and A_q together (A_f's own
-    where both share one structure, as converted pairs do: no copy); cached per network."""
-    hit = _PATTERNS.get(id(net))
-    if hit is not None and hit[0] is net:
-        return hit[1]
+    where both share one structure, as converted pairs do: no copy); derived once per network."""
+    return net.derived("symbolic_patterns", lambda: _build_patterns(net))
+
+
+def _build_patterns(net: MergedNet) -> list[list]:
     pats: list[list] = []
     for node in net.nodes:
         row: list[tuple] = []
@@ -565,9 +565,6 @@ def _patterns(net: MergedNet) -> list[list]:
                 P = sp.csr_matrix((np.asarray(_dense(Af)) != 0) | (np.asarray(_dense(Aq)) != 0))
                 row.append((_csr(P), None, None))
         pats.append(row)
-    if len(_PATTERNS) >= 4:
-        _PATTERNS.clear()
-    _PATTERNS[id(net)] = (net, pats)
     return pats
 
 
