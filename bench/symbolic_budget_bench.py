@@ -1,9 +1,9 @@
 """The differential engine's single pass (the root analysis `--method differential` reports) on a
 config's regions, timed, with the symbolic work settings given on the command line: how the
 symbolic work budget is spent on deep networks (DS-CNN, ResNet-8). The merged network is cached
-(pickle) in --cache so that repeated runs skip the conversion.
+(pickle) in --cache (default bench/out/symbolic_budget) so that repeated runs skip the conversion.
 
-    PYTHONPATH=. python bench/symbolic_budget_bench.py configs/dscnn.yaml [--cache /tmp/q] [k=v ...]
+    PYTHONPATH=. python bench/symbolic_budget_bench.py configs/dscnn.yaml [--cache DIR] [k=v ...]
 
 k=v: Settings fields (symbolic_work_root=2**36 ...). Prints per region the bound (with margin),
 seconds and the work the pass estimated."""
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     from toolchain.targets import load_target
 
     config = Path(argv[0])
-    cache_dir = Path("/tmp/qassure-bench-cache")
+    cache_dir = Path(__file__).resolve().parent / "out" / "symbolic_budget"  # bench/out is git-ignored
     changes = {}
     rest = argv[1:]
     while rest:
