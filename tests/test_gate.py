@@ -234,8 +234,9 @@ def test_shipped_configs_load():
 def test_default_config_end_to_end_with_the_real_engines(tmp_path):
     """`make certify TARGET=cortex-m4`: passes on its work budget (the search decides the budget before
     it spends max_boxes; the time limit never bites), and the artifact verifies."""
+    # The safety net pushed out of reach: on a loaded CI machine the verdict is the work budget's alone.
     code, out, _ = run_cli("run", str(REPO / "configs" / "default.yaml"), "--target", "cortex-m4", "--out",
-                           str(tmp_path), "--json")
+                           str(tmp_path), "--json", "--time-limit", "1e9")
     doc = json.loads(out)
     assert code == 0, doc["checks"]
     assert doc["lower"] <= doc["bound"] <= doc["budget"][0]
@@ -251,8 +252,9 @@ def test_dscnn_config_end_to_end_with_the_real_engines(tmp_path):
     """The shipped DS-CNN example (no third-party model needed): the gate passes on its work budget, every
     ball is decided (the time limit never bites), the bound is at least the witnessed error, and the
     artifact verifies."""
+    # The safety net pushed out of reach: on a loaded CI machine the verdict is the work budget's alone.
     code, out, _ = run_cli("run", str(REPO / "configs" / "dscnn.yaml"), "--target", "cortex-m4", "--out",
-                           str(tmp_path), "--json")
+                           str(tmp_path), "--json", "--time-limit", "1e9")
     doc = json.loads(out)
     assert code == 0, doc["checks"]
     assert doc["lower"] <= doc["bound"] <= doc["budget"][0]
