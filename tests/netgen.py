@@ -116,3 +116,35 @@ def tiny(seed: int) -> Pair:
     ReLU, calibrated on [-1, 1]^2 (seed 1: on half of it, so activations saturate)."""
     second = ["relu6", None, "relu"][seed % 3]
     return mlp([2, 6, 5, 2], ["relu", second, None], seed=seed, calib_scale=0.5 if seed == 1 else 1.0)
+
+
+# --------------------------------------------------------------------------------------------- ground truth
+
+
+def grid_points(net: MergedNet, box) -> np.ndarray:
+    """Every point of the int8 input grid (multiples of the input scale) inside a box, (N, n_in)."""
+    s = net.input_scale
+    axes = [np.arange(np.ceil(lo / s - 1e-9), np.floor(hi / s + 1e-9) + 1)
+            for lo, hi in zip(box.low, box.high, strict=True)]
+    return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1) * s
+
+
+def exhaustive_max(net: MergedNet, pg, box) -> np.ndarray:
+    """max |f - f_q| per output over every int8 input of the box: what no bound may be below."""
+    from toolchain.certify import falsify
+
+    return np.abs(falsify.errors(net, pg, grid_points(net, box))).max(axis=0)
+
+
+def edge_sampled_max(net: MergedNet, pg, box, n: int, seed: int = 0) -> np.ndarray:
+    """max |f - f_q| per output over uniform points, vertices, and points on / next to the input
+    rounding edges (where the device's input cell changes under the float model)."""
+    from toolchain.certify import falsify
+
+    rng = np.random.default_rng(seed)
+    s = net.input_scale
+    xs = box.sample(n, rng)
+    edges = s * (np.round(xs / s - 0.5) + 0.5) + rng.choice([-1e-7, 0.0, 1e-7], size=xs.shape) * s
+    xs = np.where(rng.random(xs.shape) < 0.5, edges, xs)
+    xs = np.clip(np.vstack([xs, box.corners(n // 4, rng)]), box.low, box.high)
+    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)

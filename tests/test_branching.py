@@ -7,6 +7,8 @@ on one process or a pool. No assertion depends on the clock: every search is bou
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,10 @@ from toolchain.certify.region import Box, BoxBatch
 from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.errors import QassureError
 from toolchain.margins import with_margin
+
+_exhaustive = netgen.exhaustive_max
+_sampled_max = partial(netgen.edge_sampled_max, n=6000)
+_grid_points = netgen.grid_points
 
 SMALL = DEFAULT.replace(max_boxes=160, round_boxes=8, chunk_boxes=8, falsify_samples=300, falsify_steps=10,
                         edge_steps=6, edge_starts=4, milp_nodes=500, milp_leaf_nodes=50)
@@ -31,24 +37,6 @@ def _net(seed=3, calib=0.7):
 
 
 BOX = Box(np.full(3, -0.6), np.full(3, 0.6))
-
-
-def _sampled_max(net, pg, box, n=6000, seed=0):
-    rng = np.random.default_rng(seed)
-    s = net.input_scale
-    xs = box.sample(n, rng)
-    edges = s * (np.round(xs / s - 0.5) + 0.5) + rng.choice([-1e-7, 0.0, 1e-7], size=xs.shape) * s
-    xs = np.where(rng.random(xs.shape) < 0.5, edges, xs)
-    xs = np.clip(np.vstack([xs, box.corners(n // 4, rng)]), box.low, box.high)
-    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
-
-
-def _exhaustive(net, pg, box):
-    s = net.input_scale
-    axes = [np.arange(np.ceil(lo / s - 1e-9), np.floor(hi / s + 1e-9) + 1)
-            for lo, hi in zip(box.low, box.high, strict=True)]
-    xs = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1) * s
-    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
 
 
 def _root(net, box, settings):
@@ -248,13 +236,6 @@ def test_auto_tries_both_kinds_and_is_deterministic(monkeypatch):
     assert one.bound.high.tobytes() == two.bound.high.tobytes()
     assert ("input", "neuron") in {k for e, k in tried if e}  # exploration rounds try both on a box
     assert all(len(k) == 1 for e, k in tried if not e)  # the other rounds one kind
-
-
-def _grid_points(net, box):
-    s = net.input_scale
-    axes = [np.arange(np.ceil(lo / s - 1e-9), np.floor(hi / s + 1e-9) + 1)
-            for lo, hi in zip(box.low, box.high, strict=True)]
-    return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1) * s
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -19,6 +19,8 @@ from toolchain.certify.region import Box, BoxBatch
 from toolchain.certify.settings import DEFAULT
 from toolchain.margins import with_margin
 
+_exhaustive = netgen.exhaustive_max
+
 
 @pytest.fixture(scope="module")
 def tiny_nets():
@@ -27,13 +29,6 @@ def tiny_nets():
 
 def _net(pair, interface):
     return pair.net(interface)
-
-
-def _exhaustive(net, pg, box):
-    s = net.input_scale
-    axes = [np.arange(np.ceil(lo / s - 1e-9), np.floor(hi / s + 1e-9) + 1) for lo, hi in zip(box.low, box.high)]
-    xs = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1) * s
-    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
 
 
 def _analysis(net, box):

@@ -7,6 +7,8 @@ clock.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -32,28 +34,13 @@ from toolchain.certify.settings import DEFAULT
 from toolchain.errors import QassureError, SoundnessViolation
 from toolchain.margins import with_margin
 
+_exhaustive = netgen.exhaustive_max
+_sampled_max = partial(netgen.edge_sampled_max, n=4000)
+
 TINY = {seed: netgen.tiny(seed) for seed in (0, 1, 2)}
 # A few hundred boxes: enough to exercise every job kind on the tiny nets, seconds each.
 SMALL = DEFAULT.replace(max_boxes=200, round_boxes=8, chunk_boxes=8, falsify_samples=300, falsify_steps=10,
                         edge_steps=6, edge_starts=4, milp_nodes=500, milp_leaf_nodes=50)
-
-
-def _exhaustive(net, pg, box):
-    s = net.input_scale
-    axes = [np.arange(np.ceil(lo / s - 1e-9), np.floor(hi / s + 1e-9) + 1) for lo, hi in zip(box.low, box.high)]
-    xs = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1) * s
-    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
-
-
-def _sampled_max(net, pg, box, n=4000, seed=0):
-    """Uniform points, vertices, and points on / next to the input rounding edges."""
-    rng = np.random.default_rng(seed)
-    s = net.input_scale
-    xs = box.sample(n, rng)
-    edges = s * (np.round(xs / s - 0.5) + 0.5) + rng.choice([-1e-7, 0.0, 1e-7], size=xs.shape) * s
-    xs = np.where(rng.random(xs.shape) < 0.5, edges, xs)
-    xs = np.clip(np.vstack([xs, box.corners(n // 4, rng)]), box.low, box.high)
-    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
 
 
 def _analysis(net, box, **kw):

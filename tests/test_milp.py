@@ -17,6 +17,8 @@ from toolchain.certify.settings import DEFAULT
 from toolchain.execute import run as run_executor
 from toolchain.margins import milp_margin
 
+_exhaustive = netgen.exhaustive_max
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -32,14 +34,6 @@ def mlp50():
 
 def _analysis(net, box):
     return symbolic.differential_analysis(net, BoxBatch.of([box]), full=True)
-
-
-def _exhaustive(net, pg, box):
-    s = net.input_scale
-    axes = [np.arange(np.ceil(lo / s - 1e-9), np.floor(hi / s + 1e-9) + 1) for lo, hi in zip(box.low, box.high)]
-    grid = np.meshgrid(*axes, indexing="ij")
-    xs = np.stack([g.ravel() for g in grid], axis=1) * s
-    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
 
 
 def _int8_case(tiny, seed):

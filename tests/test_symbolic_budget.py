@@ -5,40 +5,27 @@ executor can produce; the result is a function of the settings only."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pickle
 
 import numpy as np
 import pytest
 
 import netgen
-from toolchain.certify import falsify, symbolic
+from toolchain.certify import symbolic
 from toolchain.certify.region import Box, BoxBatch
 from toolchain.certify.settings import DEFAULT
 from toolchain.margins import with_margin
+
+_exhaustive = netgen.exhaustive_max
+_sampled_max = partial(netgen.edge_sampled_max, n=3000)
 
 # From no symbolic work at all, through partial layers and short windows, to every layer in full.
 WORKS = (1.0, 3e2, 3e3, 1e4, 3e4, 1e5, 2.0**32)
 DEEP = {seed: netgen.mlp([2, 10, 12, 10, 12, 3],
                          ["relu", ["relu6", None, "relu"][seed], "relu", "relu", None],
                          seed=seed, calib_scale=0.5 if seed == 1 else 1.0) for seed in (0, 1, 2)}
-
-
-def _exhaustive(net, pg, box):
-    s = net.input_scale
-    axes = [np.arange(np.ceil(lo / s - 1e-9), np.floor(hi / s + 1e-9) + 1)
-            for lo, hi in zip(box.low, box.high, strict=True)]
-    xs = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1) * s
-    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
-
-
-def _sampled_max(net, pg, box, n=3000, seed=0):
-    rng = np.random.default_rng(seed)
-    s = net.input_scale
-    xs = box.sample(n, rng)
-    edges = s * (np.round(xs / s - 0.5) + 0.5) + rng.choice([-1e-7, 0.0, 1e-7], size=xs.shape) * s
-    xs = np.where(rng.random(xs.shape) < 0.5, edges, xs)
-    xs = np.clip(np.vstack([xs, box.corners(n // 4, rng)]), box.low, box.high)
-    return np.abs(falsify.errors(net, pg, xs)).max(axis=0)
 
 
 @pytest.fixture
