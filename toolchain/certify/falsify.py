@@ -100,6 +100,7 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
     pairs = sorted(score, key=lambda p: -score[p])
     # Ascent: rows = pairs x anchors, as many as the row-step budget allows at two steps per level.
     budget = 2 * o * (settings.edge_starts + 2) * settings.edge_steps
+    pattern_steps = o * settings.falsify_steps
     s_min = 2 * len(levels) + 2
     n_anchor = int(np.clip(budget // (o * s_min), 1, settings.edge_starts + 2))
     n_pair = int(np.clip(budget // (n_anchor * s_min), 1, min(2 * o, len(pairs))))
@@ -131,7 +132,7 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
                              np.concatenate([best[mine], sign * signed[top, k]]))
     # Pattern search from the pairs that reached the largest errors.
     ranked = sorted(starts.items(), key=lambda kv: -kv[1][0])[:o]
-    for ((k, sign), (_, xs0, es0)), n_steps in zip(ranked, _share(ranked, o * settings.falsify_steps),
+    for ((k, sign), (_, xs0, es0)), n_steps in zip(ranked, _share(ranked, pattern_steps),
                                                      strict=True):
         if time.monotonic() > deadline:
             late = True
@@ -139,6 +140,9 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
         e, x = pattern_search(net, pg, box, xs0, es0, k, sign, n_steps, rng, deadline)
         state.offer(k, e, x)
     return Found(state.lower, state.inputs, errs.max(axis=1), late)
+
+
+PATTERN_WIDTH = 32  # candidates per pattern-search step
 
 
 def _share(ranked: list, total: int) -> list[int]:
@@ -253,18 +257,23 @@ def ascend(
             e = signs * errors(net, pg, cand)[rows, ks]
             better = e > best
             best[better], best_x[better] = e[better], cand[better]
-            # first move: to the sub-box's corner the gradient points to; then shorter, random steps
-            eta = radius * 2.0 * 0.5 ** max(t, 0)
-            if t > 1:
-                eta = eta * rng.uniform(0.5, 1.0, size=(n_rows, 1))
-            x = np.clip(x + eta * np.sign(gf - gq), lo, hi)
+            # first move: to the sub-box's corner the gradient points to; then shorter steps from
+            # the row's best point, some coordinates against the gradient (the int8 side is rugged)
+            d = np.sign(gf - gq)
+            if t == 0:
+                x = np.clip(x + 2.0 * radius * d, lo, hi)
+                continue
+            eta = radius * 0.5 ** (t - 1) * rng.uniform(0.5, 1.0, size=(n_rows, 1))
+            flip = rng.random(d.shape) < rng.uniform(0.0, 0.5, size=(n_rows, 1))
+            base = np.where(better[:, None], x, np.clip(best_x, lo, hi))
+            x = np.clip(base + eta * np.where(flip, -d, d), lo, hi)
     return best, best_x
 
 
 def pattern_search(
     net: MergedNet, pg: PreparedGraph, box: Box, starts: np.ndarray, start_errors: np.ndarray, k: int,
-    sign: float, steps: int, rng: np.random.Generator, deadline: float = float("inf"), width: int = 32,
-    patience: int = 2,
+    sign: float, steps: int, rng: np.random.Generator, deadline: float = float("inf"),
+    width: int = PATTERN_WIDTH, patience: int = 2,
 ) -> tuple[float, np.ndarray]:
     """Coordinate pattern search on sign * (y_k - ŷ_k) from starts[0] (with its measured error
     start_errors[0]): each step tries `width` candidates (single-coordinate moves of +-step along
