@@ -270,6 +270,18 @@ def ascend(
     return best, best_x
 
 
+def edge_attack(
+    net: MergedNet, pg: PreparedGraph, box: Box, starts: np.ndarray, k: int, sign: float,
+    rng: np.random.Generator, steps: int = 20,
+) -> tuple[float, np.ndarray]:
+    """The ascent (`ascend`) on sign * (y_k - ŷ_k) from every start, each candidate at the edge of its
+    input cell (int8 interfaces: on the grid). Returns the best measured error and its input."""
+    n = len(starts)
+    e, x = ascend(net, pg, box, starts, np.full(n, k), np.full(n, sign), _levels(net, box), steps, rng)
+    j = int(np.argmax(e))
+    return float(e[j]), x[j].copy()
+
+
 def pattern_search(
     net: MergedNet, pg: PreparedGraph, box: Box, starts: np.ndarray, start_errors: np.ndarray, k: int,
     sign: float, steps: int, rng: np.random.Generator, deadline: float = float("inf"),
