@@ -59,8 +59,8 @@ def scaled_plan(net: MergedNet, settings: Settings) -> Settings:
 
     per_eval = float(path_costs(net)[-1]) + sum(n.size for n in net.nodes)
     o = settings.falsify_outputs
-    evals = (settings.falsify_samples + 1 + o * 12 + o * settings.falsify_steps * 32
-             + o * 2 * (settings.edge_starts + 2) * settings.edge_steps * 3)
+    evals = (settings.falsify_samples + 1 + o * 12 + o * settings.edge_steps * 4
+             + o * settings.falsify_steps * 32 + o * 2 * (settings.edge_starts + 2) * settings.edge_steps * 3)
     f = settings.falsify_work / (evals * per_eval)
     if f >= 1:
         return settings
@@ -139,6 +139,17 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
             break
         e, x = pattern_search(net, pg, box, xs0, es0, k, sign, n_steps, rng, deadline)
         state.offer(k, e, x)
+    # Last, inside the input cell of each of the falsify_outputs largest witnesses, the float side
+    # pushed further (the device's side cannot move there).
+    if net.input_interface != "int8" and not late:
+        ks = np.argsort(-state.lower, kind="stable")[:o]
+        xs = state.inputs[ks]
+        signs = np.where(errors(net, pg, xs)[np.arange(len(ks)), ks] >= 0, 1.0, -1.0)
+        for i in range(0, len(ks), batch):
+            sl = slice(i, i + batch)
+            e, x = polish(net, pg, box, xs[sl], ks[sl], signs[sl], 2 * settings.edge_steps, rng)
+            for k, ek, xk in zip(ks[sl], e, x, strict=True):
+                state.offer(int(k), float(ek), xk)
     return Found(state.lower, state.inputs, errs.max(axis=1), late)
 
 
@@ -268,6 +279,38 @@ def ascend(
             base = np.where(better[:, None], x, np.clip(best_x, lo, hi))
             x = np.clip(base + eta * np.where(flip, -d, d), lo, hi)
     return best, best_x
+
+
+def polish(
+    net: MergedNet, pg: PreparedGraph, box: Box, xs: np.ndarray, ks: np.ndarray, signs: np.ndarray,
+    steps: int, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float interfaces: inside each row's input cell the device's output is fixed, so only the float
+    side moves; from the cell's centre, `steps` times: the cell vertex the float gradient of
+    signs[r] * y_k (k = ks[r]) points to, then a random step along that gradient. Float passes
+    only; the best vertex of each row is then measured (both models). Returns each row's measured
+    error (the start's if no vertex beats it) and its input."""
+    rows = np.arange(len(xs))
+    start = signs * errors(net, pg, xs)[rows, ks]
+    y_dev = net.forward_float(xs)[net.output][rows, ks] - signs * start  # the device's ŷ_k in this cell
+    s = net.input_scale
+    centre = input_grid_point(net, xs)
+    lo = np.maximum(box.low, centre - s * (0.5 - 1e-3))
+    hi = np.minimum(box.high, centre + s * (0.5 - 1e-3))
+    w = np.zeros((len(xs), net.n_outputs))
+    w[rows, ks] = signs
+    x = np.clip(centre, lo, hi)
+    best, best_x = start.copy(), xs.copy()
+    for t in range(steps):
+        g = net.float_gradient(x, w)
+        v = np.where(g > 0, hi, np.where(g < 0, lo, x))
+        val = signs * (net.forward_float(v)[net.output][rows, ks] - y_dev)
+        better = val > best
+        best[better], best_x[better] = val[better], v[better]
+        x = np.clip(x + np.sign(g) * s * 0.5 * 0.7**t * rng.uniform(0.2, 1.0, size=(len(x), 1)), lo, hi)
+    measured = signs * errors(net, pg, best_x)[rows, ks]
+    keep = measured >= start
+    return np.where(keep, measured, start), np.where(keep[:, None], best_x, xs)
 
 
 def edge_attack(
