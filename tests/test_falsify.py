@@ -146,3 +146,37 @@ def test_error_gradient_matches_finite_differences_inside_a_cell():
     assert gq.shape == x.shape and np.all(np.isfinite(gq))
     # the surrogate's gradient is close to the float one (same weights up to int8 rounding)
     assert np.abs(gf - gq).sum() < 0.5 * np.abs(gf).sum()
+
+
+def test_witnesses_stay_in_boxes_off_the_grid():
+    """Boxes whose faces sit anywhere in an input cell, down to a hair from a cell's edge (not on the
+    grid): every returned input is still inside the box, its error measured."""
+    net, pg = _mlp(0, n_in=6)
+    rng = np.random.default_rng(4)
+    s = net.input_scale
+    for offset in (0.4999, -0.4999, 0.3, None):
+        grid = s * np.round(rng.uniform(-0.2, 0.2, size=6) / s)
+        low = grid + s * (rng.uniform(-0.5, 0.5, size=6) if offset is None else offset)
+        box = Box(low, low + s * rng.uniform(0.5, 4.0))
+        found = falsify.falsify(net, pg, box, SMALL, seed=1)
+        _check_measured(net, pg, box, found)
+
+
+def test_polish_stays_in_the_box_and_in_the_cell():
+    """The in-cell polish from points on a box face that lies a hair inside a cell's edge: every
+    vertex it returns is in the box and in the start's input cell, its error measured."""
+    net, pg = _mlp(0, n_in=6)
+    s = net.input_scale
+    rng = np.random.default_rng(0)
+    grid = s * np.round(rng.uniform(-0.2, 0.2, size=6) / s)
+    box = Box(grid + 0.4999 * s, grid + 2.4999 * s)
+    xs = np.repeat(box.sample(8, rng), 6, axis=0)
+    xs[:, :3] = box.low[:3]  # half the coordinates on the lower face
+    ks = np.tile(np.repeat(np.arange(3), 2), 8)
+    signs = np.tile([1.0, -1.0], 24)
+    e, x = falsify.polish(net, pg, box, xs, ks, signs, 6, rng)
+    assert np.all(x >= box.low) and np.all(x <= box.high)
+    assert np.array_equal(falsify.input_grid_point(net, x), falsify.input_grid_point(net, xs))
+    rows = np.arange(len(xs))
+    assert np.allclose(e, signs * falsify.errors(net, pg, x)[rows, ks], rtol=1e-12, atol=1e-15)
+    assert np.all(e >= signs * falsify.errors(net, pg, xs)[rows, ks] - 1e-15)

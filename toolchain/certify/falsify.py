@@ -295,8 +295,9 @@ def polish(
     y_dev = net.forward_float(xs)[net.output][rows, ks] - signs * start  # the device's ŷ_k in this cell
     s = net.input_scale
     centre = input_grid_point(net, xs)
-    lo = np.maximum(box.low, centre - s * (0.5 - 1e-3))
-    hi = np.minimum(box.high, centre + s * (0.5 - 1e-3))
+    # the cell (a hair inside its edges) within the box, and always holding the start
+    lo = np.minimum(np.maximum(box.low, centre - s * (0.5 - 1e-3)), xs)
+    hi = np.maximum(np.minimum(box.high, centre + s * (0.5 - 1e-3)), xs)
     w = np.zeros((len(xs), net.n_outputs))
     w[rows, ks] = signs
     x = np.clip(centre, lo, hi)
