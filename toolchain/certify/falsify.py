@@ -147,9 +147,9 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
         signs = np.where(errors(net, pg, xs)[np.arange(len(ks)), ks] >= 0, 1.0, -1.0)
         for i in range(0, len(ks), batch):
             sl = slice(i, i + batch)
-            e, x = polish(net, pg, box, xs[sl], ks[sl], signs[sl], 2 * settings.edge_steps, rng)
-            for k, ek, xk in zip(ks[sl], e, x, strict=True):
-                state.offer(int(k), float(ek), xk)
+            pe, px = polish(net, pg, box, xs[sl], ks[sl], signs[sl], 2 * settings.edge_steps, rng)
+            for kk, ek, xk in zip(ks[sl], pe, px, strict=True):
+                state.offer(int(kk), float(ek), xk)
     return Found(state.lower, state.inputs, errs.max(axis=1), late)
 
 
