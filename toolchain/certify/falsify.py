@@ -1,5 +1,11 @@
 """Falsifier: real inputs with large errors, found by sampling and local search.
 
+The error y_k(x) - ŷ_k(Q(x)) has two halves: the float side moves with x, the device's side only
+with the input cell Q(x). The search steps between cells along the error's gradient (the float
+gradient minus that of an int8 surrogate: the int8 side's affine model, rounding straight-through)
+over nested sub-boxes (a bigger box starts where a smaller one inside it ends), and puts each
+candidate at the edge of its cell where the float gradient points.
+
 Every error here is *measured*: the float graph in real arithmetic against the bit-exact int8
 executor on the same input (quantized as the device would). The best error per output is the
 certificate's witnessed lower bound. The work done is fixed by the settings (samples, steps,
@@ -77,9 +83,11 @@ def falsify(net: MergedNet, pg: PreparedGraph, box: Box, settings: Settings = DE
     on the error over nested sub-boxes for the pairs that promise most (2 x falsify_outputs x
     (edge_starts + 2) x edge_steps steps in all); then a pattern search around the incumbents of
     the falsify_outputs best pairs (falsify_outputs x falsify_steps steps of 32 candidates, most for
-    the pairs with the largest errors), down to one input cell. All within settings.falsify_work
-    multiply-adds (scaled_plan). `deadline` (time.monotonic) is the safety net: past it the
-    remaining searches are skipped and the result says so (timed_out)."""
+    the pairs with the largest errors), down to one input cell; last, float interfaces, the
+    falsify_outputs largest witnesses pushed further inside their input cell (2 x edge_steps float
+    passes each). All within settings.falsify_work multiply-adds (scaled_plan). `deadline`
+    (time.monotonic) is the safety net: past it the remaining searches are skipped and the result
+    says so (timed_out)."""
     settings = scaled_plan(net, settings)
     rng = np.random.default_rng(seed)
     samples = settings.falsify_samples
