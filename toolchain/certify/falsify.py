@@ -264,6 +264,10 @@ def ascend(
     best = np.full(n_rows, -np.inf)
     best_x = x.copy()
     anchor = x.copy()
+    # Float interfaces: every other row steps along the float gradient alone, where the surrogate
+    # misleads (on the zoo's depthwise CNN the surrogate's rows found 0.041, these 0.115, mean of 6
+    # seeds). int8 interfaces move between grid points only: both sides' gradients on every row.
+    float_only = (rows % 2 == 1) & (net.input_interface != "int8")
     for frac, n_steps in zip(fracs, per_level, strict=True):
         lo, hi = _sub_box(box, anchor, frac, s)
         x = np.clip(best_x, lo, hi)
@@ -278,7 +282,7 @@ def ascend(
             best[better], best_x[better] = e[better], cand[better]
             # first move: to the sub-box's corner the gradient points to; then shorter steps from
             # the row's best point, some coordinates against the gradient (the int8 side is rugged)
-            d = np.sign(gf - gq)
+            d = np.sign(np.where(float_only[:, None], gf, gf - gq))
             if t == 0:
                 x = np.clip(x + 2.0 * radius * d, lo, hi)
                 continue
