@@ -107,7 +107,8 @@ class MergedNet:
         ps: list[np.ndarray | None] = [None]
         ys: list[np.ndarray] = [np.asarray(x, dtype=np.float64)]
         for node in self.nodes[1:]:
-            p = node.c_f[None, :] + sum(_matmul(ys[i], A) for i, A in zip(node.inputs, node.A_f, strict=True))
+            p = node.c_f[None, :] + sum(matmul_t(ys[i], A)
+                                        for i, A in zip(node.inputs, node.A_f, strict=True))
             ps.append(p)
             ys.append(np.clip(p, node.f_lo, node.f_hi))
         return ps, ys
@@ -128,7 +129,7 @@ class MergedNet:
         return grads.get(0, np.zeros_like(ys[0]))
 
 
-def _matmul(x: np.ndarray, A: Matrix) -> np.ndarray:
+def matmul_t(x: np.ndarray, A: Matrix) -> np.ndarray:
     """x (B, n_in) times A^T, with A (n_out, n_in) dense or sparse."""
     if sp.issparse(A):
         return np.asarray((A @ x.T).T)

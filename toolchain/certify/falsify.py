@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from toolchain.certify.region import Box
 from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.execute import run
-from toolchain.merge import MergedNet
+from toolchain.merge import MergedNet, matmul_t
 from toolchain.ops.quantize import affine_quantize
 from toolchain.tflite.prepare import PreparedGraph
 
@@ -415,8 +415,7 @@ def snap_to_input_grid(net: MergedNet, pts: np.ndarray, box: Box) -> np.ndarray:
 def input_grid_point(net: MergedNet, xs: np.ndarray) -> np.ndarray:
     """The dequantized int8 input the device computes with for float inputs xs (B, n_in)."""
     s, zp = net.input_scale, net.input_zero_point
-    q = np.clip(np.sign(xs) * np.floor(np.abs(xs / s) + 0.5) + zp, -128, 127)
-    return s * (q - zp)
+    return s * (affine_quantize(xs, s, zp).astype(np.float64) - zp)
 
 
 def surrogate_int8(net: MergedNet, xhat: np.ndarray) -> tuple[list[np.ndarray | None], list[np.ndarray]]:
@@ -426,7 +425,7 @@ def surrogate_int8(net: MergedNet, xhat: np.ndarray) -> tuple[list[np.ndarray | 
     us: list[np.ndarray | None] = [None]
     ys: list[np.ndarray] = [np.asarray(xhat, dtype=np.float64)]
     for node in net.nodes[1:]:
-        u = node.c_q[None, :] + sum(_matmul(ys[i], A) for i, A in zip(node.inputs, node.A_q, strict=True))
+        u = node.c_q[None, :] + sum(matmul_t(ys[i], A) for i, A in zip(node.inputs, node.A_q, strict=True))
         us.append(u)
         if not node.linear_only:  # the device's rounding to its output grid (a straight-through guess)
             u = node.scale * np.round(u / node.scale)
@@ -452,9 +451,3 @@ def error_gradient(net: MergedNet, x: np.ndarray, w: np.ndarray) -> tuple[np.nda
             gi = np.asarray((A.T @ g.T).T) if sp.issparse(A) else g @ A
             grads[i] = grads[i] + gi if i in grads else gi
     return gf, grads.get(0, np.zeros_like(x))
-
-
-def _matmul(x: np.ndarray, A) -> np.ndarray:
-    if sp.issparse(A):
-        return np.asarray((A @ x.T).T)
-    return x @ A.T
