@@ -5,7 +5,8 @@ symbolic work budget is spent on deep networks (DS-CNN, ResNet-8). The merged ne
 
     PYTHONPATH=. python bench/symbolic_budget_bench.py configs/dscnn.yaml [--cache DIR] [k=v ...]
 
-k=v: Settings fields (symbolic_work_root=2**36 ...). Prints per region the bound (with margin),
+k=v: Settings fields (symbolic_work_root=2**36 ...), or threads=N (the root pass's threads, as
+`certify --workers N` gives it; the same bound on any number). Prints per region the bound (with margin),
 seconds and the work the pass estimated."""
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main(argv: list[str]) -> None:
     config = Path(argv[0])
     cache_dir = Path(__file__).resolve().parent / "out" / "symbolic_budget"  # bench/out is git-ignored
     changes = {}
+    threads = 1
     rest = argv[1:]
     while rest:
         a = rest.pop(0)
@@ -38,6 +40,9 @@ def main(argv: list[str]) -> None:
             cache_dir = Path(rest.pop(0))
             continue
         k, v = a.split("=", 1)
+        if k == "threads":
+            threads = int(v)
+            continue
         changes[k] = type(getattr(DEFAULT, k))(eval(v, {}))  # noqa: S307 - a developer's bench
     settings = DEFAULT.replace(**changes)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -57,12 +62,12 @@ def main(argv: list[str]) -> None:
     for i, box in enumerate(boxes):
         t0 = time.perf_counter()
         a = differential_analysis(net, BoxBatch.of([box]), settings=settings, full=True,
-                                  work=settings.symbolic_work_root)
+                                  work=settings.symbolic_work_root, threads=threads)
         s = time.perf_counter() - t0
         b = float(np.max(with_margin(a.bound.upper)))
         worst, total = max(worst, b), total + s
         print(f"region {i + 1}: bound {b:.6g}  {s:.1f} s  work {a.work:.3g}", flush=True)
-    print(f"{config.stem}: bound {worst:.6g}  {total:.1f} s  {changes}")
+    print(f"{config.stem}: bound {worst:.6g}  {total:.1f} s  {changes} threads={threads}")
 
 
 if __name__ == "__main__":

@@ -105,12 +105,12 @@ def test_same_settings_same_bytes():
     boxes = BoxBatch(np.array([[-0.5, -0.2], [0.1, 0.0]]), np.array([[0.3, 0.4], [0.2, 0.5]]))
     for work in (3e3, 3e4):
         runs = []
-        for _ in range(2):
+        for threads in (1, 1, 2):  # on two threads as well (certify's root pass): the same bytes
             net.__dict__.pop("_derived", None)  # the sparsity patterns derived again
-            a = symbolic.differential_analysis(net, boxes, full=True, work=work)
+            a = symbolic.differential_analysis(net, boxes, full=True, work=work, threads=threads)
             runs.append((a.bound.low.tobytes(), a.bound.high.tobytes(), a.work,
                          [nb.pl.tobytes() + nb.uh.tobytes() + nb.dh.tobytes() for nb in a.nodes]))
-        assert runs[0] == runs[1]
+        assert runs[0] == runs[1] == runs[2]
     assert "_derived" in net.__dict__ and "_derived" not in pickle.loads(pickle.dumps(net)).__dict__
 
 
@@ -133,6 +133,11 @@ def test_conv_net_windows_hold_and_supports_match(zoo):
     for work in (1e4, 1e6, 1e7):
         a = symbolic.differential_analysis(net, BoxBatch.of([box]), full=True, work=work)
         assert np.all(with_margin(a.bound.upper[0]) >= seen), (work, a.bound.upper, seen)
+        # On two threads (certify's root pass), the very same bytes: every row is the same sums.
+        a2 = symbolic.differential_analysis(net, BoxBatch.of([box]), full=True, work=work, threads=2)
+        assert a2.bound.high.tobytes() == a.bound.high.tobytes() and a2.work == a.work
+        assert all(n1.pl.tobytes() + n1.dh.tobytes() == n2.pl.tobytes() + n2.dh.tobytes()
+                   for n1, n2 in zip(a.nodes, a2.nodes, strict=True))
     nodes, lines = list(base.nodes), list(base.lines)
     boxes = BoxBatch.of([box])
     t = next(t for t in range(2, len(net.nodes)) if not net.nodes[t].linear_only)

@@ -24,7 +24,7 @@ from toolchain.certificate import (
 )
 from toolchain.certify import falsify as F
 from toolchain.certify.engines import ENGINES, METHODS, RegionTask
-from toolchain.certify.parallel import Problem, Runner, make_runner
+from toolchain.certify.parallel import Problem, Runner, available_cpus, make_runner
 from toolchain.certify.region import Box, BoxBatch
 from toolchain.certify.result import STOP_TIME, ErrorBound
 from toolchain.certify.settings import DEFAULT, Settings
@@ -135,8 +135,11 @@ def certify_region(
             lower[k], inputs[k] = e[j, k], xs[j]
 
     say(f"witnessed error {found.lower.max():.6g}; bounding with {method}")
+    # The region's own analysis runs here while the workers wait: on as many threads as the user
+    # gave workers (the same result on any number of threads).
     root = differential_analysis(net, BoxBatch.of([box]), settings=settings, full=True,
-                                 work=settings.symbolic_work_root)
+                                 work=settings.symbolic_work_root,
+                                 threads=min(runner.workers, available_cpus()))
     task = RegionTask(problem, box, root, found, budgets, runner, probe, lambda: lower, say, deadline)
     result = ENGINES[method].bound(task)
     stopped = STOP_TIME if found.timed_out else result.stopped

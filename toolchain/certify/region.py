@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -77,10 +78,11 @@ class BoxBatch:
     def __getitem__(self, i: int) -> Box:
         return Box(self.low[i], self.high[i])
 
-    @property
+    # Computed once per batch (the engines read them per block of rows); low and high never change.
+    @cached_property
     def center(self) -> np.ndarray:
         return (self.low + self.high) / 2
 
-    @property
+    @cached_property
     def radius(self) -> np.ndarray:
         return (self.high - self.low) / 2

@@ -17,8 +17,10 @@ the whole batch (the layer's matrices are shared by every box). A single box is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -450,7 +452,7 @@ _SIGN_U = np.array([0.0, 0.0, 1.0, -1.0, -1.0, 1.0])
 
 
 def _node_rows(net: MergedNet, t: int, todo: np.ndarray, nodes, lines, boxes: BoxBatch,
-               settings: Settings) -> np.ndarray:
+               settings: Settings, threads: int = 1) -> np.ndarray:
     """Symbolic bounds (B, 6, n) of p, -p, u, -u, delta, -delta at node t for the (box, neuron) pairs
     where todo (B, n) is set (inf elsewhere). Each row is one neuron's pre-activation, so its first
     step back is that neuron's row of the layer's matrices (no product)."""
@@ -466,7 +468,8 @@ def _node_rows(net: MergedNet, t: int, todo: np.ndarray, nodes, lines, boxes: Bo
     j_all = np.repeat(neuron, 6)
     sp_all, su_all = np.tile(_SIGN_P, box_of.size), np.tile(_SIGN_U, box_of.size)
     kind_all = np.tile(np.arange(6), box_of.size)
-    for s in range(0, owner_all.size, per):
+
+    def block(s: int) -> None:
         e = min(owner_all.size, s + per)
         owner, j, sgn_p, sgn_u = owner_all[s:e], j_all[s:e], sp_all[s:e], su_all[s:e]
         const = sgn_p * node.c_f[j] + sgn_u * node.c_q[j] + np.abs(sgn_u) * node.noise[j]
@@ -480,7 +483,22 @@ def _node_rows(net: MergedNet, t: int, todo: np.ndarray, nodes, lines, boxes: Bo
         # Push the rows on from each input node (in topological order, summing where paths meet).
         G, k = _back_substitute_many(net, lam_f, lam_q, const, owner, nodes, lines, boxes)
         out[owner, kind_all[s:e], j] = fused.concretize(G, k, owner, boxes.center, boxes.radius)
+
+    _each(block, range(0, owner_all.size, per), threads)
     return out
+
+
+def _each(fn: Callable[[Any], None], items: Iterable[Any], threads: int) -> None:
+    """fn(item) for every item, on `threads` threads. Each call writes its own part of the result and
+    the compiled kernels release the GIL, so threads share the cores without changing a single bit
+    of what is computed (every row is the same sums in the same order, whichever thread runs it)."""
+    if threads <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(fn, item) for item in items]:
+            done.result()
 
 
 def _rows(A, j: np.ndarray) -> np.ndarray:
@@ -589,17 +607,27 @@ def _mark_kernel(rows, indptr, indices, mark):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _spmm_kernel(P, rows, indptr, indices, data, colpos, out):  # pragma: no cover - compiled
-    """out += P @ A[rows] on the columns colpos maps them to (A as CSR)."""
-    R, m = P.shape
-    for r in range(R):
-        for a in range(m):
-            p = P[r, a]
-            if p == 0.0:
-                continue
-            row = rows[a]
-            for k in range(indptr[row], indptr[row + 1]):
-                out[r, colpos[indices[k]]] += p * data[k]
+def _spmm_kernel(PT, rows, indptr, indices, data, colpos, outT):  # pragma: no cover - compiled
+    """outT += (PT.T @ A[rows]).T on the columns colpos maps them to (A as CSR), transposed: each
+    nonzero of A adds a multiple of one contiguous row of PT to one of outT (a vector axpy over the
+    objective rows, instead of a scattered scalar add per row and nonzero; the same sums in the same
+    order). Rows of PT that are all zero (neurons every objective row gives weight 0) are skipped."""
+    m, R = PT.shape
+    for a in range(m):
+        pa = PT[a]
+        nonzero = False
+        for r in range(R):
+            if pa[r] != 0.0:
+                nonzero = True
+                break
+        if not nonzero:
+            continue
+        row = rows[a]
+        for k in range(indptr[row], indptr[row + 1]):
+            o = outT[colpos[indices[k]]]
+            v = data[k]
+            for r in range(R):
+                o[r] += v * pa[r]
 
 
 @njit(cache=True, nogil=True)
@@ -629,9 +657,9 @@ def _push(P: np.ndarray, A, csr, rows: np.ndarray, cols: np.ndarray, colpos: np.
     """P @ A[rows][:, cols] (the columns cols hold every nonzero of those rows)."""
     if csr is None:
         return P @ np.asarray(A)[np.ix_(rows, cols)]
-    out = np.zeros((P.shape[0], cols.size))
-    _spmm_kernel(np.ascontiguousarray(P), rows, csr[0], csr[1], csr[2], colpos, out)
-    return out
+    outT = np.zeros((cols.size, P.shape[0]))
+    _spmm_kernel(np.ascontiguousarray(P.T), rows, csr[0], csr[1], csr[2], colpos, outT)
+    return outT.T
 
 
 def _supports(net: MergedNet, pats, t: int, js: np.ndarray, cutoff: int) -> dict[int, np.ndarray]:
@@ -750,10 +778,11 @@ def _concretize_at(r: tuple[np.ndarray, ...], idx: np.ndarray, Lf: np.ndarray, L
 
 
 def _group_rows(net: MergedNet, pats, t: int, cutoff: int, box_of: np.ndarray, neuron: np.ndarray,
-                nodes, lines, window: dict, boxes: BoxBatch, settings: Settings) -> np.ndarray:
+                nodes, lines, window: dict, boxes: BoxBatch, inputs: tuple[np.ndarray, np.ndarray],
+                settings: Settings) -> np.ndarray:
     """Upper bounds (P, 6) of p, -p, u, -u, delta, -delta at node t (those of _KINDS; inf for u)
     for the pairs (box_of, neuron) of one group, pushed over their support back to `cutoff`
-    (window: the concretization ranges of the nodes before it, filled in as needed)."""
+    (window: the concretization ranges of the nodes before it; inputs: exact_input's)."""
     node = net.nodes[t]
     js = np.unique(neuron)
     S = _supports(net, pats, t, js, cutoff)
@@ -792,8 +821,6 @@ def _group_rows(net: MergedNet, pats, t: int, cutoff: int, box_of: np.ndarray, n
             idx = S[s]
             nd = net.nodes[s]
             if 1 <= s < cutoff:
-                if s not in window:
-                    window[s] = _window_ranges(net, s, nodes[s])
                 _concretize_at(window[s], idx, Lf_s, Lq_s, owner, total)
                 continue
             ln = lines[s]
@@ -805,7 +832,7 @@ def _group_rows(net: MergedNet, pats, t: int, cutoff: int, box_of: np.ndarray, n
                                      np.ascontiguousarray(nd.c_f[idx]), np.ascontiguousarray(nd.c_q[idx]),
                                      np.ascontiguousarray(nd.noise[idx]), const)
             if s == 0:
-                exact, value = exact_input(net, boxes)
+                exact, value = inputs
                 ex = exact[:, idx][owner]
                 if ex.any():
                     Ue = np.where(ex, Ut, 0.0)
@@ -830,7 +857,8 @@ def _group_rows(net: MergedNet, pats, t: int, cutoff: int, box_of: np.ndarray, n
 
 
 def _windowed_rows(net: MergedNet, t: int, todo: np.ndarray, priority: np.ndarray, cap: float, nodes,
-                   lines, window: dict, boxes: BoxBatch, settings: Settings) -> tuple[np.ndarray, float]:
+                   lines, window: dict, boxes: BoxBatch, settings: Settings,
+                   threads: int = 1) -> tuple[np.ndarray, float]:
     """(B, 6, n) symbolic bounds as _node_rows gives them (inf where none, and for u), within about cap
     multiply-adds: over supports, back as far as cap allows for every pair of todo, or else, at the
     shortest window, for the pairs of highest priority (B, n) that fit. Also the work estimated."""
@@ -858,12 +886,19 @@ def _windowed_rows(net: MergedNet, t: int, todo: np.ndarray, priority: np.ndarra
         keep[:] = False
         keep[order[fits]] = True
     spent = float(pair_cost[keep].sum())
-    for m in members:
+    for s in range(1, cutoff):  # filled before the groups run (they may run in threads)
+        if s not in window:
+            window[s] = _window_ranges(net, s, nodes[s])
+    inputs = exact_input(net, boxes)
+
+    def group(m: np.ndarray) -> None:
         m = m[keep[m]]
-        if m.size == 0:
-            continue
-        res = _group_rows(net, pats, t, cutoff, box_of[m], neuron[m], nodes, lines, window, boxes, settings)
-        out[box_of[m], :, neuron[m]] = res
+        if m.size:
+            res = _group_rows(net, pats, t, cutoff, box_of[m], neuron[m], nodes, lines, window, boxes, inputs,
+                              settings)
+            out[box_of[m], :, neuron[m]] = res
+
+    _each(group, members, threads)
     return out, spent
 
 
@@ -968,7 +1003,8 @@ def branch_records(net: MergedNet, nodes, lines, boxes: BoxBatch, worst: np.ndar
 
 def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | None = None,
                           settings: Settings = DEFAULT, full: bool = False,
-                          work: float | None = None, start: np.ndarray | None = None) -> Analysis:
+                          work: float | None = None, start: np.ndarray | None = None,
+                          threads: int = 1) -> Analysis:
     """Symbolic bounds for every node, then for the output error y_K - ŷ_K, for every box.
 
     `parent` (an analysis of enclosing boxes, one per box) tightens every range: a child's linear
@@ -1022,14 +1058,14 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
             up = None
             windowed = False
             if todo.any() and cost <= share:
-                up = _node_rows(net, t, todo, nodes, lines, boxes, settings)
+                up = _node_rows(net, t, todo, nodes, lines, boxes, settings, threads)
             elif todo.any():
                 # Too dense for its share: rows over their supports, back as far as the share
                 # allows, or for the neurons that matter most (crossing a kink, widest ranges).
                 width = np.nan_to_num(nb.ph - nb.pl + nb.uh - nb.ul, nan=0.0, posinf=1e300)
                 priority = (~settled(node, nb)) * 2.0 + width / (1.0 + width.max())
                 up, cost = _windowed_rows(net, t, todo, priority, share, nodes, lines, window, boxes,
-                                          settings)
+                                          settings, threads)
                 windowed = True
             if up is not None:
                 budget -= cost
