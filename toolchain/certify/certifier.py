@@ -72,7 +72,8 @@ def certify(
                 box = box.snap_to_grid(net.input_scale, net.input_zero_point)
             say(f"region {i + 1}/{len(boxes)}: falsifying")
             regions.append(certify_region(problem, box, np.asarray(budgets), method, runner,
-                                          settings.seed + i, deadline, say, decision))
+                                          settings.seed + i, deadline, say, decision,
+                                          threads=min(workers, available_cpus())))
     finally:
         runner.close()
     outputs = [
@@ -119,8 +120,11 @@ def _budget_list(budget, n_out: int) -> list[float]:
 
 def certify_region(
     problem: Problem, box: Box, budgets: np.ndarray, method: str, runner: Runner, seed: int, deadline: float,
-    say: Callable[[str], None], decision: str | None = None,
+    say: Callable[[str], None], decision: str | None = None, threads: int = 1,
 ) -> RegionCertificate:
+    """Falsify, then bound one region. `threads`: the cores the user gave (--workers) for the region's
+    own analysis, which runs here while the pool waits (its memory is this process's, so a pool that
+    memory_bytes made smaller still leaves them; the result is the same on any number)."""
     net, pg, settings = problem.net, problem.pg, problem.settings
     found = F.falsify(net, pg, box, settings, seed=seed, deadline=deadline)
     lower, inputs = found.lower.copy(), found.inputs.copy()
@@ -135,11 +139,8 @@ def certify_region(
             lower[k], inputs[k] = e[j, k], xs[j]
 
     say(f"witnessed error {found.lower.max():.6g}; bounding with {method}")
-    # The region's own analysis runs here while the workers wait: on as many threads as the user
-    # gave workers (the same result on any number of threads).
     root = differential_analysis(net, BoxBatch.of([box]), settings=settings, full=True,
-                                 work=settings.symbolic_work_root,
-                                 threads=min(runner.workers, available_cpus()))
+                                 work=settings.symbolic_work_root, threads=threads)
     task = RegionTask(problem, box, root, found, budgets, runner, probe, lambda: lower, say, deadline)
     result = ENGINES[method].bound(task)
     stopped = STOP_TIME if found.timed_out else result.stopped
