@@ -11,6 +11,7 @@ seconds and the work the pass estimated."""
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import sys
 import tempfile
@@ -46,7 +47,9 @@ def main(argv: list[str]) -> None:
         changes[k] = type(getattr(DEFAULT, k))(eval(v, {}))  # noqa: S307 - a developer's bench
     settings = DEFAULT.replace(**changes)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir / (config.stem + ".pkl")
+    # Keyed by the config's folder, name and text: the suite writes every case's config as config.yaml.
+    digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
+    cache = cache_dir / f"{config.parent.name}-{config.stem}-{digest}.pkl"
     cfg = load_config(config)
     if cache.exists():
         net = pickle.loads(cache.read_bytes())
