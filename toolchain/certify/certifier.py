@@ -65,6 +65,7 @@ def certify(
     deadline = time.monotonic() + settings.time_limit
     problem = Problem(net, pg, settings)
     runner = make_runner(problem, workers, scheduler, say)
+    threads = min(workers, available_cpus())  # for each region's own analysis (certify_region)
     regions = []
     try:
         for i, box in enumerate(boxes):
@@ -72,8 +73,7 @@ def certify(
                 box = box.snap_to_grid(net.input_scale, net.input_zero_point)
             say(f"region {i + 1}/{len(boxes)}: falsifying")
             regions.append(certify_region(problem, box, np.asarray(budgets), method, runner,
-                                          settings.seed + i, deadline, say, decision,
-                                          threads=min(workers, available_cpus())))
+                                          settings.seed + i, deadline, say, decision, threads))
     finally:
         runner.close()
     outputs = [

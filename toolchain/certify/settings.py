@@ -50,8 +50,8 @@ class Settings:
     milp_enum_cells: int = 2**19  # MILP boxes meeting at most this many cells get exact device ranges
     milp_cell_point_entries: int = 2**21  # ... and cell-bound starting points while cells x outputs fit
     symbolic_work_root: float = 2.0**33  # multiply-adds per box for symbolic node ranges: the region itself
-    #   (2^33, root pass on 2 threads, 3 balls: ResNet-8 1.22e6 -> 4.74e5 in 33 s, DS-CNN 148.3 -> 134.9
-    #   in 11 s, MobileNet equal at 64.1 in 45 s, against 46 / 22 / 16 s at 2^32 before the threads)
+    #   (2^33, root pass on 2 threads, 3 balls: ResNet-8 1.22e6 -> 4.63e5 in 19 s, DS-CNN 148.3 -> 134.9
+    #   in 10.5 s, MobileNet equal at 64.1 in 14 s, against 46 / 22 / 16 s at 2^32 before this budget)
     symbolic_work_box: float = 2.0**28  # ... each box of a search (past it: forward ranges, output rows only)
     # --- memory (no effect on results) ---
     block_entries: int = 2**23  # float64 entries of one block of objective rows (boxes x rows x widest layer)

@@ -1062,7 +1062,7 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
             # always pushes its rows over their supports: the same products without the structural
             # zeros, costed as they are (dense rows pay every layer's full width in relaxations:
             # MobileNet-0.25's root pass spent 56 of 72 s there). Root pass, 3 balls, 2 threads:
-            # MobileNet 45 -> 24 s (same bound), DS-CNN same bound, ResNet-8 4.74e5 -> 4.63e5.
+            # MobileNet 45 -> 14 s (same bound), DS-CNN same bound, ResNet-8 4.74e5 -> 4.63e5.
             sparse = any(sp.issparse(A) for A in node.A_f)
             if todo.any() and cost <= share and not sparse:
                 up = _node_rows(net, t, todo, nodes, lines, boxes, settings, threads)
