@@ -129,6 +129,14 @@ class MergedNet:
         return grads.get(0, np.zeros_like(ys[0]))
 
 
+def matmul(P: np.ndarray, A: Matrix) -> np.ndarray:
+    """P (R, n_out) times A (n_out, n_in), dense or sparse: rows of coefficients on a layer's outputs
+    carried back to its inputs."""
+    if sp.issparse(A):
+        return np.asarray((A.T @ P.T).T)
+    return P @ A
+
+
 def matmul_t(x: np.ndarray, A: Matrix) -> np.ndarray:
     """x (B, n_in) times A^T, with A (n_out, n_in) dense or sparse."""
     if sp.issparse(A):

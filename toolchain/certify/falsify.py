@@ -18,12 +18,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 from toolchain.certify.region import Box
 from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.execute import run
-from toolchain.merge import MergedNet, matmul_t
+from toolchain.merge import MergedNet, matmul, matmul_t
 from toolchain.ops.quantize import affine_quantize
 from toolchain.tflite.prepare import PreparedGraph
 
@@ -448,6 +447,6 @@ def error_gradient(net: MergedNet, x: np.ndarray, w: np.ndarray) -> tuple[np.nda
         assert u is not None
         g = grads.pop(t) * ((u > node.q_lo) & (u < node.q_hi))
         for i, A in zip(node.inputs, node.A_q, strict=True):
-            gi = np.asarray((A.T @ g.T).T) if sp.issparse(A) else g @ A
+            gi = matmul(g, A)
             grads[i] = grads[i] + gi if i in grads else gi
     return gf, grads.get(0, np.zeros_like(x))
