@@ -65,7 +65,8 @@ def main(argv: list[str]) -> None:
     for i, box in enumerate(boxes):
         t0 = time.perf_counter()
         a = differential_analysis(net, BoxBatch.of([box]), settings=settings, full=True,
-                                  work=settings.symbolic_work_root, threads=threads)
+                                  work=settings.symbolic_work_root, threads=threads,
+                                  alpha_work=settings.alpha_work_root)
         s = time.perf_counter() - t0
         b = float(np.max(with_margin(a.bound.upper)))
         worst, total = max(worst, b), total + s

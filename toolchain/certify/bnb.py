@@ -110,6 +110,7 @@ class BoundJob:
     parent_bounds: tuple[ErrorBound, ...]
     cells: tuple[cells.CellOutputs | None, ...]
     starts: tuple[int, ...] | None = None  # per box: first node with symbolic ranges of its own
+    optimised: bool = False  # optimised float slopes (settings.slopes)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,9 @@ def bound_boxes(problem: Problem, job: BoundJob) -> tuple[list[Bounded], float]:
     net = problem.net
     parents = _parents(net, list(job.parent_ranges), list(job.parent_bounds))
     starts = None if job.starts is None else np.array(job.starts)
-    a = differential_analysis(net, BoxBatch.of(list(job.boxes)), parents, problem.settings, start=starts)
+    alpha_work = problem.settings.alpha_work_box if job.optimised else 0.0
+    a = differential_analysis(net, BoxBatch.of(list(job.boxes)), parents, problem.settings, start=starts,
+                              alpha_work=alpha_work)
     out = []
     work = a.work
     for i, (box, outputs) in enumerate(zip(job.boxes, job.cells, strict=True)):
@@ -159,13 +162,15 @@ class LeafJob:
     ranges: Ranges
     bound: ErrorBound
     witness: np.ndarray | None = None  # MILP starting points
+    optimised: bool = False  # optimised float slopes (settings.slopes)
 
 
 def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOutputs, float]:
     """The box bounded by the device's exact output on each of its input cells (and the work done:
     an executor pass per cell)."""
     net, settings = problem.net, problem.settings
-    a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings)
+    a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings,
+                              alpha_work=settings.alpha_work_box if job.optimised else 0.0)
     outputs = cells.device_outputs(net, problem.pg, job.box, settings.cell_chunk)
     by_cells, candidates = cells.cell_bounds(net, job.box, a, outputs)
     n_cells = outputs.q.size // max(1, net.n_outputs)
@@ -181,7 +186,7 @@ def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, float]]
 
     net, settings = problem.net, problem.settings
     a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings,
-                              full=True)
+                              full=True, alpha_work=settings.alpha_work_box if job.optimised else 0.0)
     m = milp_bounds(net, job.box, a, settings, node_limit=settings.milp_leaf_nodes, witness=job.witness)
     work = dict(m.work, multiply_adds=a.work, milp_timed_out=float(m.stopped == STOP_TIME))
     return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None, _scores(a, 0), _branch(a, 0)), work
@@ -344,8 +349,11 @@ def branch_and_bound(
     stuck: list[Leaf] = []
     slots: dict[int, int] = {}  # id(leaf) -> slot
     work = {"boxes": 1, "rounds": 0, "enumerated": 0, "milp_solves": 0, "milp_nodes": 0,
-            "multiply_adds": root.work, "input_splits": 0, "neuron_splits": 0, "infeasible": 0}
+            "multiply_adds": root.work, "input_splits": 0, "neuron_splits": 0, "infeasible": 0,
+            "optimised_boxes": 0}
     prefer = "input"  # branching auto: the kind that took more off per box when both were last tried
+    optimise = settings.slopes == "optimised"  # slopes auto: whether optimised slopes took more off per work
+    slope_gains = [0.0] * 5  # slopes auto: _measure_slopes since the last decision
     history: list[tuple[float, float]] = []  # (work spent, combined bound) after each round
     milp_late = False  # a leaf MILP stopped by its safety-net time limit (the answer is then the clock's)
     small = sum(n.size for n in net.nodes[1:]) <= settings.milp_max_neurons
@@ -399,8 +407,11 @@ def branch_and_bound(
         # one side of a neuron's kink (neuron split: both sides together cover the parent).
         explore = settings.branching == "auto" and (work["rounds"] < 2
                                                     or work["rounds"] % settings.branching_explore == 0)
-        children: list[tuple] = []  # (leaf, option, kind, box, cells, ranges, first symbolic node)
+        children: list[tuple] = []  # (leaf, option, kind, box, cells, ranges, first symbolic node, optimised)
         trial = max(1, settings.round_boxes // 8)  # leaves both kinds are tried on in an exploration round
+        # slopes auto: in the same rounds, a few leaves' input splits are bounded both ways.
+        explore_slopes = settings.slopes == "auto" and (work["rounds"] < 2
+                                                         or work["rounds"] % settings.branching_explore == 0)
         for li, leaf in enumerate(to_split):
             oi = 0
             for kind in _kinds(settings.branching, leaf, explore and li < trial, prefer, settings.milp_stall):
@@ -408,31 +419,44 @@ def branch_and_bound(
                     assert leaf.branch is not None
                     for below in (True, False):
                         ranges = leaf.ranges.constrained(net, leaf.branch, below)
-                        children.append((li, oi, kind, leaf.box, None, ranges, int(leaf.branch[0]) + 1))
+                        first = int(leaf.branch[0]) + 1
+                        children.append((li, oi, kind, leaf.box, None, ranges, first, optimise))
                     oi += 1
                     continue
+                flags = (False, True) if explore_slopes and li < trial else (optimise,)
                 for pair in _options(net, leaf, settings.split_trials, settings.cell_edge_cells,
                                      settings.split_order):
-                    for child in pair:
-                        sub = leaf.cells.sub(net, child) if leaf.cells is not None else None
-                        children.append((li, oi, kind, child, sub, leaf.ranges, 0))
-                    oi += 1
-        jobs = []
-        for s in range(0, len(children), chunk):
-            part = children[s:s + chunk]
-            starts = tuple(c[6] for c in part)
-            jobs.append(BoundJob(tuple(c[3] for c in part), tuple(c[5] for c in part),
-                                 tuple(to_split[c[0]].bound for c in part), tuple(c[4] for c in part),
-                                 starts if any(starts) else None))
-        leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound) for leaf in to_enumerate + to_milp]
+                    for flag in flags:
+                        for child in pair:
+                            sub = leaf.cells.sub(net, child) if leaf.cells is not None else None
+                            children.append((li, oi, kind, child, sub, leaf.ranges, 0, flag))
+                        oi += 1
+        # Jobs of one kind of slopes each (a job is one batched pass), in fixed-size chunks.
+        jobs, job_children = [], []
+        for flag in (False, True):
+            mine = [c for c in range(len(children)) if children[c][7] == flag]
+            for at in range(0, len(mine), chunk):
+                part = [children[c] for c in mine[at:at + chunk]]
+                starts = tuple(c[6] for c in part)
+                jobs.append(BoundJob(tuple(c[3] for c in part), tuple(c[5] for c in part),
+                                     tuple(to_split[c[0]].bound for c in part), tuple(c[4] for c in part),
+                                     starts if any(starts) else None, flag))
+                job_children.append(mine[at:at + chunk])
+        leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound, optimised=optimise)
+                     for leaf in to_enumerate + to_milp]
         # One map for the whole round (no barrier between kinds of job: the pool balances them).
         kinds = [bound_boxes] * len(jobs) + [enumerate_box] * len(to_enumerate) + [milp_box] * len(to_milp)
         done = runner.map(run_job, list(zip(kinds, [*jobs, *leaf_jobs], strict=True)))
         results = done[:len(jobs)]
         enum_results = done[len(jobs):len(jobs) + len(to_enumerate)]
         milp_results = done[len(jobs) + len(to_enumerate):]
-        bounded = [b for chunk, _ in results for b in chunk]
+        bounded: list = [None] * len(children)
+        child_work = [0.0] * len(children)  # a job's work shared among its boxes (slopes auto's measure)
+        for idx, (part, w) in zip(job_children, results, strict=True):
+            for c, b in zip(idx, part, strict=True):
+                bounded[c], child_work[c] = b, w / len(part)
         work["boxes"] += len(bounded) + len(enum_results) + len(milp_results)
+        work["optimised_boxes"] += sum(1 for c in children if c[7]) + optimise * len(leaf_jobs)
         work["multiply_adds"] += sum(w for _, w in results) + sum(w for _, _, w in enum_results) \
             + sum(w.get("multiply_adds", 0.0) for _, w in milp_results)
         work["rounds"] += 1
@@ -441,8 +465,8 @@ def branch_and_bound(
         # is, so is the leaf they cover (a neuron-branched leaf whose constraint the smaller boxes
         # contradict): it is dropped too.
         by_leaf: dict[int, dict[int, list]] = {}
-        for (li, oi, kind, child, sub, _, _), b in zip(children, bounded, strict=True):
-            by_leaf.setdefault(li, {}).setdefault(oi, []).append((kind, child, sub, b))
+        for c, ((li, oi, kind, child, sub, _, _, flag), b) in enumerate(zip(children, bounded, strict=True)):
+            by_leaf.setdefault(li, {}).setdefault(oi, []).append((kind, child, sub, b, flag, child_work[c]))
         # Per kind: bound taken off the leaf (its worst output: the worse child's), then per child (the
         # worst output, then the sum over outputs; a child that holds no input takes off all of it), and
         # boxes bounded. The per-child measures decide where no split moved the leaf's worst output (many
@@ -453,6 +477,7 @@ def branch_and_bound(
             valid = []
             options = by_leaf.get(li, {})
             both = len({kids[0][0] for kids in options.values()}) == 2
+            _measure_slopes(leaf, options.values(), slope_gains)
             if any(all(k[3].infeasible for k in kids) for kids in options.values()):
                 work["infeasible"] += 1
                 continue
@@ -460,7 +485,8 @@ def branch_and_bound(
                 alive = [k for k in kids if not k[3].infeasible]
                 if alive:
                     valid.append((kids, alive))
-                if alive and both:  # measured on leaves that tried both kinds only
+                # measured on leaves that tried both kinds only (input splits: the slopes in use)
+                if alive and both and (kids[0][0] == "neuron" or kids[0][4] == optimise):
                     gain = gains[kids[0][0]]
                     gain[0] += max(0.0, leaf.key - max(float(k[3].bound.upper.max()) for k in alive))
                     for k in kids:
@@ -479,7 +505,7 @@ def branch_and_bound(
                                                     sum(float(k[3].bound.upper.sum()) for k in v[1])))
             work[f"{kids[0][0]}_splits"] += 1
             work["infeasible"] += len(kids) - len(alive)
-            for kind, child, sub, b in alive:
+            for kind, child, sub, b, _, _ in alive:
                 # depth counts input splits (the MILP pass comes after milp_depth_per_input per input).
                 depth = leaf.depth + (kind == "input")
                 add(Leaf(child, b.bound, b.ranges, depth, leaf.key, sub, scores=b.scores, branch=b.branch))
@@ -487,6 +513,9 @@ def branch_and_bound(
                     fresh.append(child.center[None])
                 if b.candidates is not None:
                     fresh.append(b.candidates)
+        if explore_slopes and slope_gains[2] > 0 and slope_gains[3] > 0:
+            optimise = _optimise_pays(slope_gains)
+            slope_gains = [0.0] * 5
         if explore and gains["neuron"][3] and gains["input"][3]:
             # Which kind took more off the bound per box bounded, on the same boxes this round (the
             # worst output first; where neither moved it, e.g. with many outputs, the sum).
@@ -524,6 +553,39 @@ def branch_and_bound(
     offsets = np.cumsum([0] + [n.size for n in net.nodes])
     ranges = [(lo_all[a:b], hi_all[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     return EngineResult(final, stopped, dict(work, open_boxes=len(leaves)), float_ranges=ranges)
+
+
+def _measure_slopes(leaf: Leaf, options, gains: list[float]) -> None:
+    """slopes auto: where a leaf's input split was bounded both with fixed and with optimised slopes,
+    add (log of what the fixed split kept of the leaf's worst output, log of what the optimised one
+    kept of the fixed one's, 1, work of the fixed children, work of the optimised ones) to `gains`."""
+    by_flag = {kids[0][4]: kids for kids in options if kids[0][0] == "input"}
+    if len(by_flag) < 2 or not leaf.key > 0:
+        return
+    worst = {}
+    for flag, kids in by_flag.items():
+        alive = [k for k in kids if not k[3].infeasible] or kids
+        worst[flag] = max(float(k[3].bound.upper.max()) for k in alive)
+    tiny = 1e-300
+    gains[0] += np.log(max(worst[False], tiny) / leaf.key)
+    gains[1] += np.log(max(worst[True], tiny) / max(worst[False], tiny))
+    gains[2] += 1
+    gains[3] += sum(k[5] for k in by_flag[False])
+    gains[4] += sum(k[5] for k in by_flag[True])
+
+
+def _optimise_pays(gains: list[float]) -> bool:
+    """Whether optimised slopes take more off than the splits their extra work would buy: with c the
+    work of an optimised box over a fixed one, c boxes are log2(c) more levels of splitting, each
+    keeping (on average, measured) s of the bound; the optimised slopes keep g of the fixed ones'.
+    They pay where g < s^log2(c), and by more than OPTIMISE_MARGIN (one exploration measures a few
+    boxes; optimised slopes are kept only for a clear gain)."""
+    log_s, log_g, n, w_fixed, w_opt = gains
+    c = max(1.0, w_opt / w_fixed)
+    return log_g / n < np.log2(c) * log_s / n + np.log(OPTIMISE_MARGIN)
+
+
+OPTIMISE_MARGIN = 0.98
 
 
 def _shed_ranges(heap: list, slots: dict[int, int], region: Ranges, budget: float) -> None:

@@ -140,7 +140,8 @@ def certify_region(
 
     say(f"witnessed error {found.lower.max():.6g}; bounding with {method}")
     root = differential_analysis(net, BoxBatch.of([box]), settings=settings, full=True,
-                                 work=settings.symbolic_work_root, threads=threads)
+                                 work=settings.symbolic_work_root, threads=threads,
+                                 alpha_work=settings.alpha_work_root)
     task = RegionTask(problem, box, root, found, budgets, runner, probe, lambda: lower, say, deadline)
     result = ENGINES[method].bound(task)
     stopped = STOP_TIME if found.timed_out else result.stopped

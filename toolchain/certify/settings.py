@@ -16,6 +16,7 @@ from typing import Any
 from toolchain.errors import QassureError
 
 BRANCHINGS = ("input", "neuron", "auto")  # what branch and bound may split
+SLOPES = ("fixed", "optimised", "auto")  # the float relaxations' slopes in a search's boxes
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class Settings:
     #   (2^33, root pass on 2 threads, 3 balls: ResNet-8 1.22e6 -> 4.63e5 in 19 s, DS-CNN 148.3 -> 134.9
     #   in 10.5 s, MobileNet equal at 64.1 in 14 s, against 46 / 22 / 16 s at 2^32 before this budget)
     symbolic_work_box: float = 2.0**28  # ... each box of a search (past it: forward ranges, output rows only)
+    slopes: str = "auto"  # float slopes in a search's boxes: fixed, optimised (alpha.py), or ("auto") by
+    #   measured progress per multiply-add (both tried on a few boxes every branching_explore rounds)
+    alpha_steps: int = 20  # gradient steps on the slopes of each optimised row (alpha.float_rows_bound)
+    alpha_work_root: float = 2.0**31  # multiply-adds per box for optimised float ranges: the region itself
+    alpha_work_box: float = 2.0**28  # ... each box of a search where slopes are optimised
     # --- memory (no effect on results) ---
     block_entries: int = 2**23  # float64 entries of one block of objective rows (boxes x rows x widest layer)
     cell_chunk: int = 8192  # input cells per executor call
@@ -70,6 +76,8 @@ class Settings:
             raise QassureError(f"setting split_order must be influence or width, not {self.split_order!r}")
         if self.branching not in BRANCHINGS:
             raise QassureError(f"setting branching must be auto, input or neuron, not {self.branching!r}")
+        if self.slopes not in SLOPES:
+            raise QassureError(f"setting slopes must be auto, fixed or optimised, not {self.slopes!r}")
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "seed":
@@ -91,8 +99,9 @@ class Settings:
         """The deterministic budget a certificate records (what bounded the search)."""
         keys = ("max_boxes", "max_work", "round_boxes", "chunk_boxes", "falsify_samples", "falsify_steps",
                 "falsify_outputs", "edge_steps", "edge_starts", "falsify_work", "milp_nodes",
-                "milp_leaf_nodes", "symbolic_work_root", "symbolic_work_box", "batch_neurons",
-                "leaf_ranges_bytes", "branching", "seed")
+                "milp_leaf_nodes", "symbolic_work_root", "symbolic_work_box", "alpha_steps",
+                "alpha_work_root", "alpha_work_box", "batch_neurons", "leaf_ranges_bytes", "branching",
+                "slopes", "seed")
         return {k: getattr(self, k) for k in keys}
 
 

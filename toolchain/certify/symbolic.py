@@ -27,11 +27,12 @@ import scipy.sparse as sp
 from numba import njit
 
 from toolchain.certify import fused, relax
+from toolchain.certify.alpha import float_rows_bound
 from toolchain.certify.region import BoxBatch
 from toolchain.certify.result import ErrorBound
 from toolchain.certify.settings import DEFAULT, Settings
 from toolchain.margins import CELL_TOL, EMPTY_LSB, EMPTY_REL, GRID_TOL
-from toolchain.merge import MergedNet, Node
+from toolchain.merge import MergedNet, Node, matmul, matmul_t
 
 
 @dataclass(frozen=True)
@@ -253,9 +254,9 @@ def _interval_affine(mats, c: np.ndarray, los, his) -> tuple[np.ndarray, np.ndar
     hi = lo.copy()
     for A, low, high in zip(mats, los, his, strict=True):
         center, radius = (low + high) / 2, (high - low) / 2
-        mid = _rmul(center, A.T) if sp.issparse(A) else center @ A.T
+        mid = matmul_t(center, A)
         absA = abs(A) if sp.issparse(A) else np.abs(A)
-        rad = _rmul(radius, absA.T) if sp.issparse(A) else radius @ absA.T
+        rad = matmul_t(radius, absA)
         lo += mid - rad
         hi += mid + rad
     return lo, hi
@@ -362,9 +363,6 @@ def output_range(net: MergedNet,
 # through δ and u; elsewhere y and ŷ are relaxed on their own; an exact ŷ is a constant.
 
 
-def _rmul(P: np.ndarray, A) -> np.ndarray:
-    """P (R, n_out) @ A (n_out, n_in) for dense or sparse A."""
-    return np.asarray((A.T @ P.T).T) if sp.issparse(A) else P @ A
 
 
 def _back_substitute(
@@ -407,7 +405,7 @@ def _back_substitute(
                 Ut = Ut - Ue
             return Pt + Ut, const
         for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q, strict=True):
-            lf, lq = _rmul(Pt, Af), _rmul(Ut, Aq)
+            lf, lq = matmul(Pt, Af), matmul(Ut, Aq)
             if i in lam_f:
                 lam_f[i] = lam_f[i] + lf
                 lam_q[i] = lam_q[i] + lq
@@ -1004,7 +1002,7 @@ def branch_records(net: MergedNet, nodes, lines, boxes: BoxBatch, worst: np.ndar
 def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | None = None,
                           settings: Settings = DEFAULT, full: bool = False,
                           work: float | None = None, start: np.ndarray | None = None,
-                          threads: int = 1) -> Analysis:
+                          threads: int = 1, alpha_work: float = 0.0) -> Analysis:
     """Symbolic bounds for every node, then for the output error y_K - ŷ_K, for every box.
 
     `parent` (an analysis of enclosing boxes, one per box) tightens every range: a child's linear
@@ -1019,6 +1017,10 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     forward ranges (forward_node) and only the output's own rows are pushed back. Networks of
     hundreds of thousands of neurons are bounded that way, in memory and time that grow with the
     network, not with its square.
+
+    `alpha_work` caps the multiply-adds per box spent on optimised slopes for the float ranges
+    (alpha.float_rows_bound) of neurons that cross a kink, and of the output, node by node where the
+    node's rows fit what is left (0: the fixed slopes only).
 
     With settings.branching other than `input`, the analysis also names the neuron each box would
     best branch on (branch_records) and which boxes' domains are provably empty (NodeBounds.ordered:
@@ -1035,6 +1037,7 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     branching = settings.branching != "input"
     empty = np.zeros(B, dtype=bool)
     window: dict[int, tuple[np.ndarray, ...]] = {}  # where windows stop: ranges of y, ŷ, d (_windowed_rows)
+    alpha_left = B * alpha_work
     for t, node in enumerate(net.nodes):
         nb = forward_node(net, t, nodes, boxes)
         if parent is not None:
@@ -1082,6 +1085,10 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
                 if windowed:  # u = p - delta (its own rows were not pushed)
                     nb = NodeBounds(nb.pl, nb.ph, np.maximum(nb.ul, nb.pl - nb.dh),
                                     np.minimum(nb.uh, nb.ph - nb.dl), nb.dl, nb.dh, nb.exact)
+            if alpha_left > 0:
+                nb, cost = _alpha_ranges(net, t, nb, nodes, lines, boxes, settings, alpha_left)
+                alpha_left -= cost
+                spent += cost
         if t > 0 and not node.linear_only:
             nb = nb.snapped(node)
         if branching:
@@ -1109,6 +1116,36 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     branch = branch_records(net, nodes, lines, boxes, worst)
     spent += B * path[K]
     return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores, branch, empty)
+
+
+def _alpha_ranges(net: MergedNet, t: int, nb: NodeBounds, nodes, lines, boxes: BoxBatch, settings: Settings,
+                  left: float) -> tuple[NodeBounds, float]:
+    """Node t's float ranges tightened by optimised slopes (alpha.float_rows_bound) where they cross a
+    kink (every neuron of the output node), if the rows' work fits `left`: (ranges, work spent)."""
+    node = net.nodes[t]
+    if t == net.output:
+        todo = np.ones(nb.pl.shape, dtype=bool)
+    else:
+        todo = ((nb.pl < node.f_lo) & (nb.ph > node.f_lo)) | ((nb.pl < node.f_hi) & (nb.ph > node.f_hi))
+    box_of, neuron = np.nonzero(todo)
+    steps = settings.alpha_steps
+    # Each step pushes the rows back through the float side and its gradient forward again: about
+    # path_costs (both sides' matrices) per row (timed on ACAS Xu like the fixed-slope rows).
+    per_row = path_costs(net)[t]
+    if box_of.size == 0 or 2.0 * box_of.size * per_row * (steps + 1) > left:
+        return nb, 0.0
+    R = box_of.size
+    C = np.zeros((2 * R, node.size))
+    C[np.arange(R), neuron] = 1.0
+    C[R + np.arange(R), neuron] = -1.0
+    owner = np.concatenate([box_of, box_of])
+    up, evaluations = float_rows_bound(net, t, C, owner, nodes, lines, boxes, steps)
+    cost = per_row * C.shape[0] * evaluations
+    ph, pl = np.full(nb.pl.shape, np.inf), np.full(nb.pl.shape, -np.inf)
+    ph[box_of, neuron] = up[:R]
+    pl[box_of, neuron] = -up[R:]
+    inf = np.full(nb.pl.shape, np.inf)
+    return nb.meet(NodeBounds(pl, ph, -inf, inf, -inf, inf, np.zeros(todo.shape, dtype=bool))), cost
 
 
 def float_linear_bounds(net: MergedNet,
