@@ -13,6 +13,7 @@ import pytest
 import netgen
 from toolchain.certify import falsify, milp, symbolic
 from toolchain.certify.region import Box, BoxBatch
+from toolchain.certify.result import STOP_TIME
 from toolchain.certify.settings import DEFAULT
 from toolchain.execute import run as run_executor
 from toolchain.margins import milp_margin
@@ -137,6 +138,21 @@ def test_loose_gap_and_tiny_node_limit_stay_sound(tiny):
     quick = milp.milp_bounds(net, box, a, node_limit=1)
     assert np.all(np.isfinite(quick.bound.upper)) and np.all(quick.bound.upper >= exact)
     assert np.all(quick.bound.upper <= a.bound.upper[0] * (1 + 1e-9) + _margin(net, quick.bound.upper))
+
+
+def test_safety_net_bounds_the_whole_call(tiny):
+    """`seconds` is one safety net for every solve of the call, not one per solve: with none of it
+    left no solve starts, the differential bound (sound) is what comes back, and the result says
+    the clock stopped it. (No verdict here depends on how fast the machine is: the net is spent
+    before the first solve whatever the speed.)"""
+    net, pg = tiny[0].net("int8")
+    box = Box(np.array([-0.8, -0.8]), np.array([0.8, 0.8])).snap_to_grid(net.input_scale, net.input_zero_point)
+    a = _analysis(net, box)
+    m = milp.milp_bounds(net, box, a, seconds=1e-12)
+    assert m.stopped == STOP_TIME and m.work["milp_solves"] == 0
+    assert all("no time left" in n or "differential bound used" in n for n in m.notes)
+    assert np.all(m.bound.upper >= _exhaustive(net, pg, box))
+    np.testing.assert_allclose(m.bound.upper, a.bound.upper[0] + _margin(net, a.bound.upper[0]), rtol=1e-12)
 
 
 def test_node_limit_gives_the_same_bound_twice(tiny):

@@ -32,6 +32,7 @@ an objective of O(1..100) LSBs), and never below 1e-5 in real units.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -503,7 +504,9 @@ def milp_bounds(
     bound is kept where a solve gives nothing better. Every solve stops after `node_limit`
     branch-and-bound nodes (default settings.milp_nodes) or once its certified bound is within
     settings.milp_rel_gap of its incumbent; HiGHS runs on one thread with a fixed seed, so the
-    result is the same on every machine. `seconds` is only a safety net per solve.
+    result is the same on every machine. `seconds` is only a safety net for the whole call
+    (default settings.time_limit): each solve gets what is left of it, and the solves it leaves
+    no time for keep the differential bound (the result then says it was stopped by the clock).
 
     pg: the prepared int8 graph; when given and the box meets at most settings.milp_enum_cells
     input cells, the executor runs on every cell first and the rounded values' integer ranges are
@@ -522,7 +525,7 @@ def milp_bounds(
     if exact_rounding not in ("auto", "never", "always"):
         raise QassureError(f"exact_rounding must be auto, never or always, not {exact_rounding!r}")
     node_limit = settings.milp_nodes if node_limit is None else node_limit
-    safety = settings.time_limit if seconds is None else seconds
+    deadline = time.monotonic() + (settings.time_limit if seconds is None else seconds)
     ranges = None
     cell_points = None
     if pg is not None:
@@ -583,9 +586,16 @@ def milp_bounds(
                 cutoff = None if other is None else max(other, float(vals[best]))
                 if cutoff is not None and (k, sign) in bound and bound[(k, sign)] <= cutoff:
                     continue  # already proven below the other sign's incumbent
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    side = f"out {k} {'max' if sign > 0 else 'min'}"
+                    kind = "integer" if integer else "relaxed"
+                    status.append(f"{side} ({kind} rounding): not solved, no time left")
+                    continue
                 h.setOptionValue("mip_rel_gap", _solver_gap(settings.milp_rel_gap, float(vals[best]), s_K))
                 b, i, msg, x, nodes = _solve_side(h, highspy, n_col, int(yk[k]), int(rk[k]), sign,
-                                                  starts[best], float(vals[best]), cutoff, safety)
+                                                  starts[best], float(vals[best]), cutoff, left)
                 solves += 1
                 nodes_total += nodes
                 timed_out |= msg.startswith("Time limit")
