@@ -163,6 +163,7 @@ class LeafJob:
     bound: ErrorBound
     witness: np.ndarray | None = None  # MILP starting points
     optimised: bool = False  # optimised float slopes (settings.slopes)
+    seconds: float | None = None  # MILP: what is left of the search's safety-net time limit
 
 
 def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOutputs, float]:
@@ -187,7 +188,8 @@ def milp_box(problem: Problem, job: LeafJob) -> tuple[Bounded, dict[str, float]]
     net, settings = problem.net, problem.settings
     a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings,
                               full=True, alpha_work=settings.alpha_work_box if job.optimised else 0.0)
-    m = milp_bounds(net, job.box, a, settings, node_limit=settings.milp_leaf_nodes, witness=job.witness)
+    m = milp_bounds(net, job.box, a, settings, node_limit=settings.milp_leaf_nodes, witness=job.witness,
+                    seconds=job.seconds)
     work = dict(m.work, multiply_adds=a.work, milp_timed_out=float(m.stopped == STOP_TIME))
     return Bounded(a.bound.item(0).meet(m.bound), Ranges.of(a, 0), None, _scores(a, 0), _branch(a, 0)), work
 
@@ -442,7 +444,9 @@ def branch_and_bound(
                                      tuple(to_split[c[0]].bound for c in part), tuple(c[4] for c in part),
                                      starts if any(starts) else None, flag))
                 job_children.append(mine[at:at + chunk])
-        leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound, optimised=optimise)
+        # A leaf MILP's safety net is what is left of the search's own (none: settings.time_limit).
+        left = max(1.0, deadline - time.monotonic()) if deadline < float("inf") else None
+        leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound, optimised=optimise, seconds=left)
                      for leaf in to_enumerate + to_milp]
         # One map for the whole round (no barrier between kinds of job: the pool balances them).
         kinds = [bound_boxes] * len(jobs) + [enumerate_box] * len(to_enumerate) + [milp_box] * len(to_milp)
