@@ -37,7 +37,6 @@ import yaml  # noqa: E402
 from toolchain.certify import cells  # noqa: E402
 from toolchain.certify import falsify as F  # noqa: E402
 from toolchain.certify.region import Box  # noqa: E402
-from toolchain.margins import CELL_TOL  # noqa: E402
 from toolchain.merge import MergedNet, build  # noqa: E402
 from toolchain.tflite import prepare, reader  # noqa: E402
 from toolchain.tflite.prepare import PreparedGraph  # noqa: E402
@@ -62,20 +61,26 @@ def load(case: str) -> tuple[MergedNet, PreparedGraph, Box, dict]:
 
 
 def cell_axes(net: MergedNet, box: Box) -> list[np.ndarray]:
-    """Per input, the grid values of the cells the box meets, clipped into the box."""
+    """Per input, the grid values of the cells the box meets (cells.cell_range), clipped into the box."""
     s = net.input_scale
-    per = cells.cells_per_input(net, box)
-    if per is None:
-        raise ValueError("the input grid is too fine to enumerate")
-    first = np.floor(box.low / s + 0.5 - CELL_TOL)  # as cells.cell_count counts them
-    return [np.clip(s * (first[d] + np.arange(per[d])), box.low[d], box.high[d]) for d in range(net.n_inputs)]
+    k_lo, k_hi = cells.cell_range(box, s)
+    return [np.clip(s * np.arange(a, b + 1), lo, hi)
+            for a, b, lo, hi in zip(k_lo, k_hi, box.low, box.high, strict=True)]
 
 
-def slab(case: str, first_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+_CASE: tuple = ()  # (net, pg, axes) of the case a worker process enumerates, loaded once per process
+
+
+def _load_worker(case: str) -> None:
+    global _CASE
+    net, pg, box, _ = load(case)
+    _CASE = (net, pg, cell_axes(net, box))
+
+
+def slab(first_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Largest |y - ŷ| per output, and where, over the cells whose first input is one of
     `first_values` (the rest of the grid in full, one second-input value at a time)."""
-    net, pg, box, _ = load(case)
-    axes = cell_axes(net, box)
+    net, pg, axes = _CASE
     best = np.zeros(net.n_outputs)
     where = np.zeros((net.n_outputs, net.n_inputs))
     rest = np.stack([g.ravel() for g in np.meshgrid(*axes[2:], indexing="ij")], axis=1) if len(axes) > 2 \
@@ -114,8 +119,8 @@ def main() -> int:
         axes = cell_axes(net, box)
         parts = [axes[0][i :: args.workers * 4] for i in range(args.workers * 4)]
         start = time.perf_counter()
-        with ProcessPoolExecutor(args.workers) as pool:
-            done = list(pool.map(slab, [case] * len(parts), parts))
+        with ProcessPoolExecutor(args.workers, initializer=_load_worker, initargs=(case,)) as pool:
+            done = list(pool.map(slab, parts))
         seconds = time.perf_counter() - start
         best = np.max([b for b, _ in done], axis=0)
         k = int(best.argmax())

@@ -37,7 +37,7 @@ def cells_per_input(net: MergedNet, box: Box) -> np.ndarray | None:
     s = net.input_scale
     if np.any(np.maximum(np.abs(box.low), np.abs(box.high)) / s >= 2**22):
         return None
-    k_lo, k_hi = _cell_range(box, s)
+    k_lo, k_hi = cell_range(box, s)
     return (k_hi - k_lo + 1).astype(np.int64)
 
 
@@ -50,7 +50,8 @@ def cell_count(net: MergedNet, box: Box) -> float:
         return float(np.prod(per.astype(np.float64)))
 
 
-def _cell_range(box: Box, s: float) -> tuple[np.ndarray, np.ndarray]:
+def cell_range(box: Box, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """First and last cell index per input that a box meets (grid step s; the cover's tolerance)."""
     k_lo = np.floor(box.low / s + 0.5 - CELL_TOL)
     k_hi = np.floor(box.high / s + 0.5 + CELL_TOL)
     return k_lo, k_hi
@@ -59,7 +60,7 @@ def _cell_range(box: Box, s: float) -> tuple[np.ndarray, np.ndarray]:
 def _cell_grid(box: Box, s: float) -> tuple[np.ndarray, tuple[int, ...], np.ndarray]:
     """The cells a box meets: first index per input, count per input, and every cell's index
     vector (cells, D) in C order of that grid."""
-    k_lo, k_hi = _cell_range(box, s)
+    k_lo, k_hi = cell_range(box, s)
     ks = [np.arange(a, b + 1) for a, b in zip(k_lo, k_hi, strict=True)]
     grids = np.meshgrid(*ks, indexing="ij")
     return k_lo, tuple(k.size for k in ks), np.stack([g.ravel() for g in grids], axis=1)
@@ -75,7 +76,7 @@ class CellOutputs:
 
     def sub(self, net: MergedNet, box: Box) -> CellOutputs:
         """The cells of a sub-box (a box inside the one these outputs were computed for)."""
-        k_lo, k_hi = _cell_range(box, net.input_scale)
+        k_lo, k_hi = cell_range(box, net.input_scale)
         first = (k_lo - self.k_lo).astype(np.int64)
         stop = (k_hi - self.k_lo).astype(np.int64) + 1
         if np.any(first < 0) or np.any(stop > np.array(self.q.shape[:-1])):

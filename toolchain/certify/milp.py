@@ -586,12 +586,12 @@ def milp_bounds(
                 cutoff = None if other is None else max(other, float(vals[best]))
                 if cutoff is not None and (k, sign) in bound and bound[(k, sign)] <= cutoff:
                     continue  # already proven below the other sign's incumbent
+                label = (f"out {k} {'max' if sign > 0 else 'min'} "
+                         f"({'integer' if integer else 'relaxed'} rounding)")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = True
-                    side = f"out {k} {'max' if sign > 0 else 'min'}"
-                    kind = "integer" if integer else "relaxed"
-                    status.append(f"{side} ({kind} rounding): not solved, no time left")
+                    status.append(f"{label}: not solved, no time left")
                     continue
                 h.setOptionValue("mip_rel_gap", _solver_gap(settings.milp_rel_gap, float(vals[best]), s_K))
                 b, i, msg, x, nodes = _solve_side(h, highspy, n_col, int(yk[k]), int(rk[k]), sign,
@@ -612,8 +612,7 @@ def milp_bounds(
                         inc[(kk, sg)] = max(inc.get((kk, sg), -np.inf), float((sg * d_start[:, kk]).max()))
                 if b is not None:
                     bound[(k, sign)] = min(bound.get((k, sign), np.inf), b)
-                status.append(f"out {k} {'max' if sign > 0 else 'min'} ({'integer' if integer else 'relaxed'}"
-                              f" rounding): {msg}")
+                status.append(f"{label}: {msg}")
     high = np.zeros(n_out)
     low = np.zeros(n_out)
     incumbent = np.zeros(n_out)
