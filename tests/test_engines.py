@@ -219,6 +219,30 @@ def test_time_limit_is_a_safety_net_that_says_so():
     assert np.all(with_margin(np.array([o.upper for o in cert.outputs])) >= _sampled_max(net, pg, box))
 
 
+def test_each_region_gets_a_share_of_the_time_limit(monkeypatch):
+    """A region that spends every second it is given leaves the next ones their equal share of what
+    is left (a first region that took the whole limit left the others their root bound)."""
+    import toolchain.certify.certifier as C
+
+    net, pg = TINY[0].net()
+    boxes = [Box(np.array([-0.3, -0.3]), np.array([0.3, 0.3])) for _ in range(3)]
+    clock = [1000.0]
+    given = []
+    real = C.certify_region
+
+    def greedy(problem, box, budgets, method, runner, seed, deadline, *rest):
+        given.append(deadline - clock[0])
+        result = real(problem, box, budgets, method, runner, seed, float("inf"), *rest)
+        clock[0] = deadline  # spent its whole share
+        return result
+
+    monkeypatch.setattr(C.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(C, "certify_region", greedy)
+    certify(net, pg, boxes, budget=1.0, target="t", method="differential", settings=SMALL.replace(time_limit=90.0))
+    assert given == pytest.approx([30.0, 30.0, 30.0])
+    assert C.region_deadline(100.0, 40.0, 2) == 70.0 and C.region_deadline(100.0, 120.0, 2) == 120.0
+
+
 def test_auto_stops_near_the_witness_and_budget_decides():
     net, pg = TINY[0].net()
     box = Box(np.array([-0.3, -0.3]), np.array([0.3, 0.3]))
