@@ -157,6 +157,25 @@ def test_certificate_is_the_same_with_one_or_two_workers():
     assert all(r.work["boxes"] >= 1 and r.stopped for r in one.regions)
 
 
+def _blas_threads_in_job(problem, job):
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_every_runner_runs_its_jobs_with_one_blas_thread():
+    """Workers are the parallelism: OpenBLAS's own threads on top of two pool workers on two cores
+    (one per core by default) cost more than half the search's throughput."""
+    net, pg = TINY[0].net()
+    problem = Problem(net, pg, SMALL)
+    for runner in (LocalRunner(problem), PoolRunner(problem, 2)):
+        try:
+            counts = runner.map(_blas_threads_in_job, [None] * 4)
+        finally:
+            runner.close()
+        assert all(c and all(n == 1 for n in c) for c in counts), (type(runner).__name__, counts)
+
+
 def test_memory_bytes_caps_the_pool_and_not_the_answer():
     net, pg = netgen.mlp([3, 10, 10, 2], ["relu", "relu", None], seed=3, calib_scale=0.7).net()
     problem = Problem(net, pg, SMALL)

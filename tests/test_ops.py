@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from toolchain import execute, ops
+from toolchain import blas, execute, ops
 from toolchain.arith import Rounding
 from toolchain.emit.c_codegen import generate
 from toolchain.errors import QassureError, UnsupportedOpError
@@ -237,7 +237,7 @@ def test_executor_runs_blas_on_one_thread() -> None:
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
     before = blas_threads()
-    with execute._blas_threads(1):
+    with blas.limit_threads(1):
         inside = blas_threads()
     assert inside and all(n == 1 for n in inside)
     assert blas_threads() == before

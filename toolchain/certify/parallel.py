@@ -1,5 +1,8 @@
 """Where the engines' work runs: in this process, a local process pool, or a Dask cluster.
 
+Every job runs with BLAS on one thread (toolchain.blas): the workers are the parallelism, and
+OpenBLAS's own spinning threads on top of them cost more than half the throughput on 2 cores.
+
 Every unit of work is a pure function `fn(problem, job) -> result` of the `Problem` (the merged
 network, the prepared int8 graph and the settings, identical for every job of a search) and a
 small job. A `Runner` maps such a function over a list of jobs and returns the results *in the
@@ -20,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from toolchain import blas
 from toolchain.certify.settings import Settings
 from toolchain.errors import QassureError
 from toolchain.merge import MergedNet
@@ -54,7 +58,7 @@ def available_cpus() -> int:
 
 
 class LocalRunner:
-    """Everything in this process, one job after another."""
+    """Everything in this process, one job after another (BLAS on one thread, as in every runner)."""
 
     workers = 1
 
@@ -62,7 +66,8 @@ class LocalRunner:
         self.problem = problem
 
     def map(self, fn, jobs):
-        return [fn(self.problem, job) for job in jobs]
+        with blas.limit_threads(1):
+            return [fn(self.problem, job) for job in jobs]
 
     def close(self) -> None:
         return None
@@ -78,7 +83,8 @@ def _register(token: str, problem: Problem) -> None:
 
 
 def _call(token: str, fn, job):
-    return fn(_REGISTERED[token], job)
+    with blas.limit_threads(1):
+        return fn(_REGISTERED[token], job)
 
 
 class PoolRunner:
@@ -189,7 +195,7 @@ _JOB_LOCK = threading.Lock()
 
 
 def _run_job(fn, problem: Problem, job):
-    with _JOB_LOCK:
+    with _JOB_LOCK, blas.limit_threads(1):
         return fn(problem, job)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
+from toolchain import blas
 from toolchain.certify import fused, relax
 from toolchain.certify.alpha import float_rows_bound
 from toolchain.certify.region import BoxBatch
@@ -489,12 +490,14 @@ def _node_rows(net: MergedNet, t: int, todo: np.ndarray, nodes, lines, boxes: Bo
 def _each(fn: Callable[[Any], None], items: Iterable[Any], threads: int) -> None:
     """fn(item) for every item, on `threads` threads. Each call writes its own part of the result and
     the compiled kernels release the GIL, so threads share the cores without changing a single bit
-    of what is computed (every row is the same sums in the same order, whichever thread runs it)."""
+    of what is computed (every row is the same sums in the same order, whichever thread runs it).
+    BLAS keeps one thread of its own per thread here (toolchain.blas: its spinning threads would
+    compete with these)."""
     if threads <= 1:
         for item in items:
             fn(item)
         return
-    with ThreadPoolExecutor(threads) as pool:
+    with blas.limit_threads(1), ThreadPoolExecutor(threads) as pool:
         for done in [pool.submit(fn, item) for item in items]:
             done.result()
 

@@ -6,17 +6,12 @@ record and its input tensors, vectorised over a leading batch axis.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from toolchain import ops
+from toolchain import blas, ops
 from toolchain.errors import ModelError
 from toolchain.tflite.ir import Graph
 from toolchain.tflite.prepare import PreparedGraph
@@ -54,42 +49,12 @@ def as_batch(graph: Graph, x: np.ndarray) -> np.ndarray:
 BLAS_THREADS = int(os.environ.get("QASSURE_EXECUTOR_BLAS_THREADS", "1"))
 
 
-_FOUND: dict[int, tuple[Any, ...]] = {}  # len(sys.modules) at the scan -> the BLAS controllers found
-
-
-def _blas_libraries() -> tuple[Any, ...]:
-    """threadpoolctl's controllers of the BLAS libraries loaded in this process (numpy's OpenBLAS,
-    and scipy's own once scipy.linalg is imported). Scanned again only when modules were imported
-    since the last scan (a new import is how a new BLAS gets loaded): one scan costs ~1 ms."""
-    key = len(sys.modules)
-    if key not in _FOUND:
-        _FOUND.clear()
-        _FOUND[key] = tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
-    return _FOUND[key]
-
-
-@contextlib.contextmanager
-def _blas_threads(n: int) -> Iterator[None]:
-    """At most n BLAS threads inside the block, the previous counts restored after. The libraries'
-    own setters, not ThreadpoolController.limit: this runs once per executor call, and limit()
-    costs ~20 us where two setter calls cost ~2 us."""
-    libs = _blas_libraries() if n > 0 else ()
-    changed = [(lib, old) for lib in libs if (old := lib.get_num_threads()) != n]
-    for lib, _ in changed:
-        lib.set_num_threads(n)
-    try:
-        yield
-    finally:
-        for lib, old in changed:
-            lib.set_num_threads(old)
-
-
 def run(pg: PreparedGraph, x: np.ndarray, keep_intermediates: bool = False, until: int | None = None) -> Run:
     """Run the graph on a batch of inputs (int8 for int8-input graphs, float32 for float-input ones).
 
     With `until` (a tensor index), stop once that tensor is computed and return it as the only
     output (the certify engines need the logits, not the softmax after them)."""
-    with _blas_threads(BLAS_THREADS):
+    with blas.limit_threads(BLAS_THREADS):
         return _run(pg, x, keep_intermediates, until)
 
 
