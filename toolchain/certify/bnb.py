@@ -361,9 +361,9 @@ def branch_and_bound(
     small = sum(n.size for n in net.nodes[1:]) <= settings.milp_max_neurons
     milp_depth = settings.milp_depth_per_input * net.n_inputs
 
-    first = Leaf(root.boxes[0], root.bound.item(0), Ranges.of(root, 0), 0, np.inf, scores=_scores(root, 0),
-                 branch=_branch(root, 0))
-    region_ranges = first.ranges
+    root_leaf = Leaf(root.boxes[0], root.bound.item(0), Ranges.of(root, 0), 0, np.inf,
+                     scores=_scores(root, 0), branch=_branch(root, 0))
+    region_ranges = root_leaf.ranges
     held = 0  # bytes of the open boxes' own ranges (kept within leaf_ranges_bytes by _shed_ranges)
 
     def own_bytes(leaf: Leaf) -> int:
@@ -378,7 +378,7 @@ def branch_and_bound(
     def drop(leaf: Leaf) -> None:
         store.remove(slots.pop(id(leaf)))
 
-    add(first)
+    add(root_leaf)
     cap = min(settings.enum_cells, settings.enum_bytes / max(1, net.n_outputs))
     # Memory of a batched pass grows with boxes x neurons: big networks get fewer boxes per job (a function
     # of the network and the settings; a batch's shape changes at most the last bits of its float sums).
