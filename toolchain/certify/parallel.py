@@ -57,6 +57,12 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def run_one(fn: Callable[[Problem, Any], Any], problem: Problem, job: Any) -> Any:
+    """One job, as every runner runs it: BLAS on one thread (the runner's workers are the parallelism)."""
+    with blas.limit_threads(1):
+        return fn(problem, job)
+
+
 class LocalRunner:
     """Everything in this process, one job after another (BLAS on one thread, as in every runner)."""
 
@@ -66,8 +72,7 @@ class LocalRunner:
         self.problem = problem
 
     def map(self, fn, jobs):
-        with blas.limit_threads(1):
-            return [fn(self.problem, job) for job in jobs]
+        return [run_one(fn, self.problem, job) for job in jobs]
 
     def close(self) -> None:
         return None
@@ -83,8 +88,7 @@ def _register(token: str, problem: Problem) -> None:
 
 
 def _call(token: str, fn, job):
-    with blas.limit_threads(1):
-        return fn(_REGISTERED[token], job)
+    return run_one(fn, _REGISTERED[token], job)
 
 
 class PoolRunner:
@@ -195,8 +199,8 @@ _JOB_LOCK = threading.Lock()
 
 
 def _run_job(fn, problem: Problem, job):
-    with _JOB_LOCK, blas.limit_threads(1):
-        return fn(problem, job)
+    with _JOB_LOCK:
+        return run_one(fn, problem, job)
 
 
 class DaskRunner:
