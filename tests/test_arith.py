@@ -231,3 +231,23 @@ def test_compiled_output_stage_equals_the_reference(rounding: Rounding, seed: in
     requantize_clamp(source.astype(dtype), m, shift, rounding, offset, lo, hi, out)
     want = np.clip(multiply_by_quantized_multiplier_reference(source, m, shift, rounding) + offset, lo, hi)
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_output_stage_is_exact_on_every_accumulator_near_zero(rounding: Rounding, dtype) -> None:
+    """Every accumulator in [-2^17, 2^17] through multipliers at both ends of [2^30, 2^31) and shifts
+    whose halves fall on many of them (the ties RoundingDivideByPOT and the high multiply round away
+    or up): the compiled stage, float32 lanes included, equals the reference element for element."""
+    from toolchain.arith import ClampedRequant, multiply_by_quantized_multiplier_reference
+
+    acc = np.repeat(np.arange(-(1 << 17), 1 << 17)[:, None], 8, axis=1)
+    m = np.array([1 << 30, (1 << 31) - 1, 1 << 30, 1518500250, (1 << 31) - 1, 1 << 30, 1073741825,
+                  2**31 - 2])
+    shift = np.array([0, 0, -1, -3, -7, -12, -18, -31]) if rounding == "double" else np.array(
+        [15, 0, -1, -3, -7, -12, -18, -31])
+    for offset, lo, hi in ((0, -128, 127), (-128, -128, 127), (37, -20, 90)):
+        out = np.empty(acc.shape, dtype=np.int8)
+        ClampedRequant(m, shift, rounding, offset, lo, hi)(acc.astype(dtype), out)
+        want = np.clip(multiply_by_quantized_multiplier_reference(acc, m, shift, rounding) + offset, lo, hi)
+        np.testing.assert_array_equal(out, want)

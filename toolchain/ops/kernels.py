@@ -10,7 +10,7 @@ Speed without giving up exactness:
   max|x + offset| * sum_k |w_k| per output channel; `exact_float` picks float32 when that bound
   (plus the bias, added in the same dtype) is below 2^24 for the layer, float64 otherwise.
 - Work runs in batch chunks so that accumulators and requantization stay in cache.
-- Requantization is arith.requantize_clamp: MBQM, output offset and clamp in one compiled pass.
+- Requantization is arith.ClampedRequant: MBQM, output offset and clamp in one compiled pass.
 - Functions of one or two int8 inputs with per-tensor parameters are tabulated once (256 or
   65536 entries, computed with the op's own integer recipe) and looked up.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from toolchain.arith import Rounding, requantize_clamp
+from toolchain.arith import ClampedRequant, Rounding
 from toolchain.ops.common import Requant
 
 # Elements of int64/float accumulator per chunk: big enough for BLAS, small enough for cache.
@@ -49,18 +49,14 @@ def exact_float(offset: int, w_abs_sum: np.ndarray, bias: np.ndarray) -> type[np
 
 class OutputStage:
     """acc (+ bias, float, exact) -> MBQM per channel + output offset, clamped, int8
-    (arith.requantize_clamp: one compiled pass)."""
+    (arith.ClampedRequant: constants folded once, one compiled pass per call)."""
 
     def __init__(self, r: Requant, rounding: Rounding) -> None:
-        self.multiplier = np.asarray(r.multiplier, dtype=np.int64)
-        self.shift = np.asarray(r.shift, dtype=np.int64)
-        self.rounding, self.offset = rounding, int(r.output_offset)
-        self.lo, self.hi = r.act_min, r.act_max
+        self.requant = ClampedRequant(r.multiplier, r.shift, rounding, r.output_offset, r.act_min, r.act_max)
 
     def __call__(self, acc_float: np.ndarray, out: np.ndarray) -> None:
         channels = acc_float.shape[-1]
-        requantize_clamp(acc_float.reshape(-1, channels), self.multiplier, self.shift, self.rounding,
-                         self.offset, self.lo, self.hi, out.reshape(-1, channels))
+        self.requant(acc_float.reshape(-1, channels), out.reshape(-1, channels))
 
 
 def batch_step(batch: int, per_item: int) -> int:
