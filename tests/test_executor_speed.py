@@ -196,6 +196,35 @@ def test_fully_connected_fast_path_equals_int64_reference(heavy: bool) -> None:
         assert np.array_equal(got.reshape(300, n_out), _ref_requant(acc, p.requant, rounding))
 
 
+@pytest.mark.parametrize("rounding", ["double", "single"])
+@pytest.mark.parametrize("seed", range(6))
+def test_fully_connected_pruned_chunks_equal_int64_reference(seed: int, rounding: Rounding,
+                                                              monkeypatch) -> None:
+    """Chunks of neighbouring inputs (most columns constant, as on the cells of a small box) run with
+    their constant inputs folded into the bias and their provably constant outputs filled: bit for bit
+    the int64 reference, and the pruned path is really taken (small chunks: several per batch)."""
+    rng = np.random.default_rng(seed)
+    n_in, n_out, batch = 30, 24, 500
+    w = rng.integers(-127, 128, (n_out, n_in))
+    bias = rng.integers(-20000, 8000, n_out).astype(np.int64)  # some outputs dead on every row
+    p = fc_op.FullyConnected(int(rng.integers(-128, 129)), w.astype(np.int64), bias,
+                             _requant_record(rng, n_out, bool(seed % 2)), True)
+    base = rng.integers(-128, 128, n_in)
+    moving = rng.random(n_in) < 0.3
+    x = np.repeat(base[None], batch, axis=0)
+    x[:, moving] += rng.integers(-3, 4, (batch, int(moving.sum())))
+    x[: batch // 5] = rng.integers(-128, 128, (batch // 5, n_in))  # one chunk of unrelated rows
+    x = np.clip(x, -128, 127).astype(np.int8)
+    acc = (x.astype(np.int64) + p.input_offset) @ w.T.astype(np.int64) + bias
+    taken = []
+    pruned = fc_op._pruned
+    monkeypatch.setattr(fc_op, "_pruned", lambda *a: taken.append(pruned(*a)) or taken[-1])
+    monkeypatch.setattr(fc_op, "PRUNED_CHUNK_ELEMS", 100 * n_out)
+    got = fc_op.fully_connected(x.reshape(batch, 1, n_in), p, (1, n_out), rounding)
+    assert np.array_equal(got.reshape(batch, n_out), _ref_requant(acc, p.requant, rounding))
+    assert any(taken) and not all(taken)
+
+
 @pytest.mark.parametrize("average", [False, True])
 def test_pool_equals_reference(average: bool) -> None:
     rng = np.random.default_rng(4)

@@ -13,6 +13,7 @@ int32 is arithmetic, as on every target we support).
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Literal
 
@@ -265,6 +266,27 @@ class ClampedRequant:
         sub2 = np.int64(_LANE_BIAS2) >> right2
         return tuple(np.ascontiguousarray(a) for a in
                      (m.astype(np.int32), add1, right1, sub1, mask, add2, right2, sub2))
+
+    @property
+    def monotone(self) -> bool:
+        """Non-decreasing in acc (every multiplier in [0, 2^31): both MBQM stages are floors of
+        non-decreasing functions, and offset and clamp keep the order). An accumulator range then
+        maps to the output range of its two ends."""
+        return not self.general
+
+    def take(self, channels: np.ndarray) -> ClampedRequant:
+        """The stage of some of its channels (a boolean mask or indices), constants sliced, not
+        folded again (the executor takes one per chunk of a batch)."""
+        if self.multiplier.size == 1:  # per-tensor: the same stage for any channels
+            return self
+        part = copy.copy(self)
+        part.multiplier, part.shift = self.multiplier[channels], self.shift[channels]
+        part._wide = {}
+        if not self.general:
+            part._scalar = tuple(np.ascontiguousarray(a[channels]) for a in self._scalar)
+            if self._lanes is not None:
+                part._lanes = tuple(np.ascontiguousarray(a[channels]) for a in self._lanes)
+        return part
 
     def __call__(self, acc: np.ndarray, out: np.ndarray) -> None:
         if self.general:

@@ -40,6 +40,18 @@ class _Plan:
         self.bias = p.bias.astype(self.dtype)
         self.offset = self.dtype(p.input_offset)
         self.out = K.OutputStage(p.requant, rounding)
+        # For _pruned: the weights by sign (float64: an interval's ends are exact sums there).
+        self.w_pos = np.maximum(w.T, 0).astype(np.float64)
+        self.w_neg = np.minimum(w.T, 0).astype(np.float64)
+        self.bias64 = p.bias.astype(np.float64)
+
+
+# A chunk is run pruned when its live inputs x live outputs are at most this share of the layer: the
+# pruned path gathers columns and scatters outputs, which a dense GEMM of the same size does not.
+PRUNED_SHARE = 0.5
+# Accumulator elements per chunk: the pruned path's fixed costs (ranges, interval, gathers) are per
+# chunk, so chunks are larger than the dense GEMM's cache-sized ones (ops.kernels.CHUNK_ELEMS).
+PRUNED_CHUNK_ELEMS = 1 << 18
 
 
 def fully_connected(x: np.ndarray, p: FullyConnected, out_shape: tuple[int, ...],
@@ -50,14 +62,60 @@ def fully_connected(x: np.ndarray, p: FullyConnected, out_shape: tuple[int, ...]
     n_in, n_out = plan.wt.shape
     rows = x.reshape(-1, n_in)
     out = np.empty((rows.shape[0], n_out), dtype=np.int8)
+    block = K.batch_step(rows.shape[0], n_out, PRUNED_CHUNK_ELEMS)
     step = K.batch_step(rows.shape[0], n_out)
-    for i in range(0, rows.shape[0], step):
-        xr = rows[i : i + step].astype(plan.dtype)
-        xr += plan.offset
-        acc = xr @ plan.wt
-        acc += plan.bias
-        plan.out(acc, out[i : i + step])
+    for start in range(0, rows.shape[0], block):
+        stop = min(start + block, rows.shape[0])
+        if block > 1 and _pruned(rows[start:stop], plan, out[start:stop]):
+            continue
+        for i in range(start, stop, step):
+            xr = rows[i : min(i + step, stop)].astype(plan.dtype)
+            xr += plan.offset
+            acc = xr @ plan.wt
+            acc += plan.bias
+            plan.out(acc, out[i : i + xr.shape[0]])
     return out.reshape((batch,) + out_shape)
+
+
+def _pruned(rows: np.ndarray, plan: _Plan, out: np.ndarray) -> bool:
+    """The chunk's outputs computed from its varying inputs only, for the outputs that vary, if that
+    is at most PRUNED_SHARE of the work (False, nothing written, otherwise).
+
+    Batches of neighbouring inputs (the cells of a box: certify's cell enumeration) leave many
+    inputs the same on every row (a dead ReLU upstream) and many outputs provably the same: an
+    input constant over the chunk moves into the bias, and an output whose accumulator range
+    (interval arithmetic over the chunk's input ranges, exact in float64) maps to one value through
+    the output stage, which is monotone in acc, takes that value on every row. The rest is the
+    kernel's own sum in the kernel's exact dtype: every partial sum of the pruned sum is a partial
+    sum of the full one, which ops.kernels.exact_float bounds. Bit-exact by construction."""
+    stage = plan.out.requant
+    if not stage.monotone:
+        return False
+    lo, hi = K.column_ranges(rows)
+    live_in = lo != hi
+    lo64 = lo.astype(np.float64) + plan.offset
+    hi64 = hi.astype(np.float64) + plan.offset
+    ends = np.stack([lo64 @ plan.w_pos + hi64 @ plan.w_neg, hi64 @ plan.w_pos + lo64 @ plan.w_neg])
+    ends += plan.bias64
+    y = np.empty(ends.shape, dtype=np.int8)
+    stage(ends, y)
+    live_out = y[0] != y[1]
+    n_in, n_out = plan.wt.shape
+    if int(live_in.sum()) * int(live_out.sum()) > PRUNED_SHARE * n_in * n_out:
+        return False
+    out[...] = y[0]
+    if not live_out.any():
+        return True
+    fixed = ~live_in
+    bias = plan.bias64[live_out] + lo64[fixed] @ plan.wt[fixed][:, live_out].astype(np.float64)
+    xr = rows[:, live_in].astype(plan.dtype)
+    xr += plan.offset
+    acc = xr @ plan.wt[live_in][:, live_out]
+    acc += bias.astype(plan.dtype)
+    part = np.empty(acc.shape, dtype=np.int8)
+    stage.take(live_out)(acc, part)
+    out[:, live_out] = part
+    return True
 
 
 class FullyConnectedOp(Op):

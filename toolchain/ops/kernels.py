@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from numba import njit
 
 from toolchain.arith import ClampedRequant, Rounding
 from toolchain.ops.common import Requant
@@ -59,9 +60,22 @@ class OutputStage:
         self.requant(acc_float.reshape(-1, channels), out.reshape(-1, channels))
 
 
-def batch_step(batch: int, per_item: int) -> int:
-    """Items per chunk so that a chunk holds about CHUNK_ELEMS accumulator elements."""
-    return max(1, min(batch, CHUNK_ELEMS // max(1, per_item)))
+def batch_step(batch: int, per_item: int, elems: int = CHUNK_ELEMS) -> int:
+    """Items per chunk so that a chunk holds about `elems` accumulator elements."""
+    return max(1, min(batch, elems // max(1, per_item)))
+
+
+@njit(cache=True, nogil=True)
+def column_ranges(x):  # pragma: no cover - compiled
+    """Smallest and largest value of each column of x (rows, cols), in one pass over it."""
+    lo = x[0].copy()
+    hi = x[0].copy()
+    for r in range(1, x.shape[0]):
+        for c in range(x.shape[1]):
+            v = x[r, c]
+            lo[c] = min(lo[c], v)
+            hi[c] = max(hi[c], v)
+    return lo, hi
 
 
 def padded(x: np.ndarray, offset, dtype, pad_hw, need_hw, fill=0) -> np.ndarray:
