@@ -137,6 +137,25 @@ def test_split_with_enumeration_is_sound_and_deterministic(tiny_nets, interface)
     assert pooled.work == enum.work
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_enumeration_from_stored_ranges_holds(tiny_nets, seed):
+    """enumerate_box without a new analysis (the float side's affine bounds rebuilt from ranges a
+    search stored): sound against the exhaustive maximum with the box's own ranges and with those of
+    a box enclosing it, and never looser than the bound those ranges came with."""
+    net, pg = _net(tiny_nets[seed], "int8")
+    problem = Problem(net, pg, DEFAULT)
+    outer = Box(np.array([-0.6, -0.5]), np.array([0.5, 0.6])).snap_to_grid(net.input_scale, net.input_zero_point)
+    box = Box(np.array([-0.3, -0.2]), np.array([0.2, 0.3])).snap_to_grid(net.input_scale, net.input_zero_point)
+    exact = _exhaustive(net, pg, box)
+    for source in (box, outer):
+        a = symbolic.differential_analysis(net, BoxBatch.of([source]))
+        job = bnb.LeafJob(box, bnb.Ranges.of(a, 0), a.bound.item(0), own_ranges=True)
+        bounded, outputs, _ = bnb.enumerate_box(problem, job)
+        assert np.all(with_margin(bounded.bound.upper) >= exact), (source, bounded.bound.upper, exact)
+        assert np.all(bounded.bound.upper <= a.bound.upper[0] + 1e-12)
+        np.testing.assert_array_equal(outputs.q, cells.device_outputs(net, pg, box).q)
+
+
 def test_cell_count(tiny_nets):
     net, _ = _net(tiny_nets[0], "float")
     s = net.input_scale

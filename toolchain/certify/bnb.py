@@ -40,7 +40,7 @@ from toolchain.certify.result import (
     EngineResult,
     ErrorBound,
 )
-from toolchain.certify.symbolic import Analysis, NodeBounds, differential_analysis, path_costs
+from toolchain.certify.symbolic import Analysis, NodeBounds, differential_analysis, node_lines, path_costs
 from toolchain.errors import SoundnessViolation
 from toolchain.margins import CELL_TOL
 from toolchain.merge import MergedNet
@@ -164,18 +164,36 @@ class LeafJob:
     witness: np.ndarray | None = None  # MILP starting points
     optimised: bool = False  # optimised float slopes (settings.slopes)
     seconds: float | None = None  # MILP: what is left of the search's safety-net time limit
+    own_ranges: bool = False  # `ranges` came from an analysis of this very box (not shed to the region's)
+
+
+def _stored_analysis(net: MergedNet, box: Box, ranges: Ranges, bound: ErrorBound) -> Analysis:
+    """What a box's stored ranges stand for: those ranges, the relaxation lines built on them (as
+    differential_analysis builds them), and its bound. Sound for any box inside the one the ranges
+    were computed for."""
+    stored = _parents(net, [ranges], [bound])
+    lines = tuple(None if node.linear_only else node_lines(node, nb)
+                  for node, nb in zip(net.nodes, stored.nodes, strict=True))
+    return Analysis(BoxBatch.of([box]), stored.bound, stored.nodes, lines)
 
 
 def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOutputs, float]:
     """The box bounded by the device's exact output on each of its input cells (and the work done:
-    an executor pass per cell)."""
+    an executor pass per cell). The float side's affine bounds over the box come from the box's own
+    stored ranges when it has them (the analysis that bounded it; another pass over the same box
+    from them gained nothing measurable and took a quarter of the job), else from a new analysis."""
     net, settings = problem.net, problem.settings
-    a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]), settings,
-                              alpha_work=settings.alpha_work_box if job.optimised else 0.0)
+    if job.own_ranges:
+        a = _stored_analysis(net, job.box, job.ranges, job.bound)
+        work = 2.0 * net.nodes[net.output].size * float(path_costs(net)[net.output])
+    else:
+        a = differential_analysis(net, BoxBatch.of([job.box]), _parents(net, [job.ranges], [job.bound]),
+                                  settings, alpha_work=settings.alpha_work_box if job.optimised else 0.0)
+        work = a.work
     outputs = cells.device_outputs(net, problem.pg, job.box, settings.cell_chunk)
     by_cells, candidates = cells.cell_bounds(net, job.box, a, outputs)
     n_cells = outputs.q.size // max(1, net.n_outputs)
-    work = a.work + n_cells * float(path_costs(net)[-1]) / 2  # the executor on every cell (int8 side)
+    work += n_cells * float(path_costs(net)[-1]) / 2  # the executor on every cell (int8 side)
     bound = a.bound.item(0).meet(by_cells)
     bounded = Bounded(bound, Ranges.of(a, 0), candidates, _scores(a, 0), _branch(a, 0))
     return bounded, outputs, work
@@ -455,7 +473,8 @@ def branch_and_bound(
                 job_children.append(mine[at:at + chunk])
         # A leaf MILP's safety net is what is left of the search's own (none: settings.time_limit).
         left = max(1.0, deadline - time.monotonic()) if deadline < float("inf") else None
-        leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound, optimised=optimise, seconds=left)
+        leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound, optimised=optimise, seconds=left,
+                             own_ranges=leaf.ranges is not region_ranges or leaf.box is root_leaf.box)
                      for leaf in to_enumerate + to_milp]
         # One map for the whole round (no barrier between kinds of job: the pool balances them).
         kinds = [bound_boxes] * len(jobs) + [enumerate_box] * len(to_enumerate) + [milp_box] * len(to_milp)
@@ -537,8 +556,9 @@ def branch_and_bound(
         for leaf, (b, outputs, _) in zip(to_enumerate, enum_results, strict=True):
             drop(leaf)
             work["enumerated"] += 1
+            kept = b.scores is None  # bounded from its stored ranges: the box's choice of split stands
             add(Leaf(leaf.box, b.bound, b.ranges, leaf.depth, leaf.parent_key, outputs, leaf.milp_done,
-                     b.scores, b.branch))
+                     leaf.scores if kept else b.scores, leaf.branch if kept else b.branch))
             fresh.append(b.candidates)
         for leaf, (b, milp_work) in zip(to_milp, milp_results, strict=True):
             drop(leaf)
