@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from toolchain.certify import falsify as F
 from toolchain.certify.region import Box
@@ -160,16 +161,17 @@ def cell_bounds(net: MergedNet, box: Box, analysis: Analysis,
     g_lo, c_lo, g_hi, c_hi = (a[0] for a in float_linear_bounds(net, analysis))
     node = net.nodes[net.output]
     y_min, y_max = (a[0] for a in analysis.nodes[net.output].y(node))
-    # max / min of an affine function over a product of intervals is a sum of per-input terms.
+    # max / min of an affine function over a product of intervals is a sum of per-input terms:
+    # tabulated per input and cell index along it, (cells along d, n_out) each, stacked.
     dims = range(len(shape))
-    up = c_hi + sum(_term(g_hi[:, d], lows[d], highs[d], np.maximum, len(shape), d) for d in dims)
-    lo = c_lo + sum(_term(g_lo[:, d], lows[d], highs[d], np.minimum, len(shape), d) for d in dims)
-    yq = node.scale * (outputs.q.astype(np.float64) - node.zero_point)
-    e_hi = np.minimum(up, y_max) - yq
-    e_lo = np.maximum(lo, y_min) - yq
-    flat_hi, flat_lo = e_hi.reshape(-1, net.n_outputs), e_lo.reshape(-1, net.n_outputs)
-    j_hi, j_lo = flat_hi.argmax(axis=0), flat_lo.argmin(axis=0)
-    outs = np.arange(net.n_outputs)
+    tab_hi = np.vstack([np.maximum(np.outer(lows[d], g_hi[:, d]), np.outer(highs[d], g_hi[:, d]))
+                        for d in dims])
+    tab_lo = np.vstack([np.minimum(np.outer(lows[d], g_lo[:, d]), np.outer(highs[d], g_lo[:, d]))
+                        for d in dims])
+    first = np.concatenate([[0], np.cumsum(shape)[:-1]]).astype(np.int64)
+    e_lo, j_lo, e_hi, j_hi = _cell_extremes(outputs.q.reshape(-1, net.n_outputs), tab_hi, tab_lo, first,
+                                            np.array(shape, dtype=np.int64), c_hi, c_lo, y_min, y_max,
+                                            float(node.scale), float(node.zero_point))
     candidates = []
     for cells_k, g, toward in ((j_hi, g_hi, 1), (j_lo, g_lo, -1)):
         for k, cell in enumerate(cells_k):
@@ -181,12 +183,46 @@ def cell_bounds(net: MergedNet, box: Box, analysis: Analysis,
             inner_hi = np.maximum(inner_hi, inner_lo)
             candidates.append(np.where(toward * g[k] >= 0, inner_hi, inner_lo))
             candidates.append(np.clip(s * k_cell, inner_lo, inner_hi))
-    bound = ErrorBound(flat_lo[j_lo, outs], flat_hi[j_hi, outs])
+    bound = ErrorBound(e_lo, e_hi)
     return bound, np.clip(np.array(candidates), box.low, box.high)
 
 
-def _term(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, pick, n_dims: int, d: int) -> np.ndarray:
-    """pick(g lo, g hi) per output and cell index along input d, shaped to broadcast over the grid
-    (..., n_out)."""
-    t = pick(np.outer(lo, g), np.outer(hi, g))  # (n_d, n_out)
-    return t.reshape((1,) * d + (lo.size,) + (1,) * (n_dims - d - 1) + (g.size,))
+@njit(cache=True, nogil=True)
+def _cell_extremes(q, tab_hi, tab_lo, first, shape, c_hi, c_lo, y_min, y_max, scale,
+                   zero_point):  # pragma: no cover - compiled
+    """Over every cell (q: (cells, n_out) in C order of the grid `shape`), per output: the largest
+    min(affine upper bound, y_max) - ŷ and the smallest max(affine lower bound, y_min) - ŷ, and the
+    first cell reaching each (numpy's argmax / argmin). The affine bound on a cell is c + the sum over
+    inputs d of tab[first[d] + i_d] (in that order), ŷ = scale (q - zero_point): one pass, no
+    (cells, n_out) temporaries."""
+    cells, n_out = q.shape
+    D = shape.size
+    at = np.zeros(D, dtype=np.int64)
+    e_hi = np.full(n_out, -np.inf)
+    e_lo = np.full(n_out, np.inf)
+    j_hi = np.zeros(n_out, dtype=np.int64)
+    j_lo = np.zeros(n_out, dtype=np.int64)
+    for cell in range(cells):
+        for o in range(n_out):
+            up = 0.0
+            lo = 0.0
+            for d in range(D):
+                up += tab_hi[first[d] + at[d], o]
+                lo += tab_lo[first[d] + at[d], o]
+            yq = scale * (np.float64(q[cell, o]) - zero_point)
+            hi_e = min(c_hi[o] + up, y_max[o]) - yq
+            lo_e = max(c_lo[o] + lo, y_min[o]) - yq
+            if hi_e > e_hi[o]:
+                e_hi[o] = hi_e
+                j_hi[o] = cell
+            if lo_e < e_lo[o]:
+                e_lo[o] = lo_e
+                j_lo[o] = cell
+        d = D - 1
+        while d >= 0:
+            at[d] += 1
+            if at[d] < shape[d]:
+                break
+            at[d] = 0
+            d -= 1
+    return e_lo, j_lo, e_hi, j_hi
