@@ -211,51 +211,68 @@ def _forward(net: MergedNet, owner: np.ndarray, node_ids: list[int], stored, bas
 @njit(cache=True, nogil=True)
 def _relax_kernel(L, owner, lines, has_slopes, side, kink, a, Lp, const):  # pragma: no cover - compiled
     """Lp[r] = L[r] through node lines (upper where L > 0, lower where < 0), free slopes a where the
-    box's neuron has a free side; const[r] += the lines' offsets."""
+    box's neuron has a free side; const[r] += the lines' offsets, summed over j in order.
+
+    Branch-free per element: every operand is loaded and the piece's slope and offset picked by
+    selects (each term is c * slope and c * x * y, the lines' offset times y = 1.0, exact), so that
+    the compiler vectorises the row; the offsets are summed after, in the order a loop adding them one
+    by one would."""
     R, n = L.shape
+    terms = np.empty(n)
     for r in range(R):
         b = owner[r]
+        if has_slopes:
+            for j in range(n):
+                c = L[r, j]
+                aj, sj, kj = a[r, j], side[b, j], kink[b, j]
+                up = c > 0.0
+                free = (sj < 0) if up else (sj > 0)
+                line_slope = lines[b, 2, j] if up else lines[b, 0, j]
+                line_offset = lines[b, 3, j] if up else lines[b, 1, j]
+                slope = aj if free else line_slope
+                x = (1.0 - aj) if free else line_offset
+                y = kj if free else 1.0
+                Lp[r, j] = c * slope if c != 0.0 else 0.0
+                terms[j] = c * x * y if c != 0.0 else 0.0
+        else:
+            for j in range(n):
+                c = L[r, j]
+                up = c > 0.0
+                slope = lines[b, 2, j] if up else lines[b, 0, j]
+                offset = lines[b, 3, j] if up else lines[b, 1, j]
+                Lp[r, j] = c * slope if c != 0.0 else 0.0
+                terms[j] = c * offset if c != 0.0 else 0.0
         k = 0.0
         for j in range(n):
-            c = L[r, j]
-            if c > 0.0:
-                if has_slopes and side[b, j] < 0:
-                    Lp[r, j] = c * a[r, j]
-                    k += c * (1.0 - a[r, j]) * kink[b, j]
-                else:
-                    Lp[r, j] = c * lines[b, 2, j]
-                    k += c * lines[b, 3, j]
-            elif c < 0.0:
-                if has_slopes and side[b, j] > 0:
-                    Lp[r, j] = c * a[r, j]
-                    k += c * (1.0 - a[r, j]) * kink[b, j]
-                else:
-                    Lp[r, j] = c * lines[b, 0, j]
-                    k += c * lines[b, 1, j]
-            else:
-                Lp[r, j] = 0.0
+            k += terms[j]
         const[r] += k
 
 
 @njit(cache=True, nogil=True)
 def _gradient_kernel(L, owner, lines, has_slopes, side, kink, a, d_lp, d_lam, grad):  # pragma: no cover
     """d_lam[r] = d bound / d L[r] through the lines and (has_slopes) grad[r] = d bound / d a[r] on the
-    free side: there Lp gains a L and the offset (1 - a) L kink, so d bound / d a = L (d_lp - kink)."""
+    free side: there Lp gains a L and the offset (1 - a) L kink, so d bound / d a = L (d_lp - kink).
+    Branch-free per element (operands loaded, pieces picked by selects), as _relax_kernel."""
     R, n = L.shape
     for r in range(R):
         b = owner[r]
-        for j in range(n):
-            c = L[r, j]
-            free = has_slopes and ((c > 0.0 and side[b, j] < 0) or (c < 0.0 and side[b, j] > 0))
-            if free:
-                d_lam[r, j] = a[r, j] * d_lp[r, j] + (1.0 - a[r, j]) * kink[b, j]
-                grad[r, j] = c * (d_lp[r, j] - kink[b, j])
-            elif c > 0.0:
-                d_lam[r, j] = lines[b, 2, j] * d_lp[r, j] + lines[b, 3, j]
-            elif c < 0.0:
-                d_lam[r, j] = lines[b, 0, j] * d_lp[r, j] + lines[b, 1, j]
-            else:
-                d_lam[r, j] = 0.0
+        if has_slopes:
+            for j in range(n):
+                c = L[r, j]
+                aj, sj, kj, dj = a[r, j], side[b, j], kink[b, j], d_lp[r, j]
+                up = c > 0.0
+                free = (sj < 0) if up else ((sj > 0) and c < 0.0)
+                line = lines[b, 2, j] * dj + lines[b, 3, j] if up else lines[b, 0, j] * dj + lines[b, 1, j]
+                through = aj * dj + (1.0 - aj) * kj if free else line
+                d_lam[r, j] = through if c != 0.0 else 0.0
+                grad[r, j] = c * (dj - kj) if free else 0.0
+        else:
+            for j in range(n):
+                c = L[r, j]
+                dj = d_lp[r, j]
+                up = c > 0.0
+                line = lines[b, 2, j] * dj + lines[b, 3, j] if up else lines[b, 0, j] * dj + lines[b, 1, j]
+                d_lam[r, j] = line if c != 0.0 else 0.0
 
 
 @njit(cache=True, nogil=True)
