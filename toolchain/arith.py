@@ -316,12 +316,9 @@ class ClampedRequant:
 
 def requantize_clamp(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, rounding: Rounding,
                      offset: int, lo: int, hi: int, out: np.ndarray) -> None:
-    """ClampedRequant(multiplier, shift, rounding, offset, lo, hi)(acc, out), multiplier and shift
-    broadcast to acc's channels (the last axis)."""
-    channels = acc.shape[-1]
-    m = np.broadcast_to(np.asarray(multiplier, dtype=np.int64), (channels,))
-    e = np.broadcast_to(np.asarray(shift, dtype=np.int64), (channels,))
-    ClampedRequant(m, e, rounding, offset, lo, hi)(acc, out)
+    """ClampedRequant(multiplier, shift, rounding, offset, lo, hi)(acc, out): per-channel or per-tensor
+    constants over acc's channels (the last axis)."""
+    ClampedRequant(multiplier, shift, rounding, offset, lo, hi)(acc, out)
 
 
 def _uniform(a: np.ndarray):

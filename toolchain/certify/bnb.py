@@ -384,8 +384,11 @@ def branch_and_bound(
     region_ranges = root_leaf.ranges
     held = 0  # bytes of the open boxes' own ranges (kept within leaf_ranges_bytes by _shed_ranges)
 
+    def own(leaf: Leaf) -> bool:  # holds ranges of its own (not shed to the region's)
+        return leaf.ranges is not region_ranges
+
     def own_bytes(leaf: Leaf) -> int:
-        return 0 if leaf.ranges is region_ranges else leaf.ranges.nbytes
+        return leaf.ranges.nbytes if own(leaf) else 0
 
     def add(leaf: Leaf) -> None:
         nonlocal held
@@ -474,7 +477,7 @@ def branch_and_bound(
         # A leaf MILP's safety net is what is left of the search's own (none: settings.time_limit).
         left = max(1.0, deadline - time.monotonic()) if deadline < float("inf") else None
         leaf_jobs = [LeafJob(leaf.box, leaf.ranges, leaf.bound, optimised=optimise, seconds=left,
-                             own_ranges=leaf.ranges is not region_ranges or leaf.box is root_leaf.box)
+                             own_ranges=own(leaf) or leaf.box is root_leaf.box)
                      for leaf in to_enumerate + to_milp]
         # One map for the whole round (no barrier between kinds of job: the pool balances them).
         kinds = [bound_boxes] * len(jobs) + [enumerate_box] * len(to_enumerate) + [milp_box] * len(to_milp)

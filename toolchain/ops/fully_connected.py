@@ -40,9 +40,11 @@ class _Plan:
         self.bias = p.bias.astype(self.dtype)
         self.offset = self.dtype(p.input_offset)
         self.out = K.OutputStage(p.requant, rounding)
-        # For _pruned: the weights by sign (float64: an interval's ends are exact sums there).
-        self.w_pos = np.maximum(w.T, 0).astype(np.float64)
-        self.w_neg = np.minimum(w.T, 0).astype(np.float64)
+        # For _pruned, in float64 (an interval's ends and a folded bias are exact sums there): the
+        # weights, and the weights by sign.
+        self.w64 = w.T.astype(np.float64)
+        self.w_pos = np.maximum(self.w64, 0)
+        self.w_neg = np.minimum(self.w64, 0)
         self.bias64 = p.bias.astype(np.float64)
 
 
@@ -107,10 +109,10 @@ def _pruned(rows: np.ndarray, plan: _Plan, out: np.ndarray) -> bool:
     if not live_out.any():
         return True
     fixed = ~live_in
-    bias = plan.bias64[live_out] + lo64[fixed] @ plan.wt[fixed][:, live_out].astype(np.float64)
+    bias = plan.bias64[live_out] + lo64[fixed] @ plan.w64[np.ix_(fixed, live_out)]
     xr = rows[:, live_in].astype(plan.dtype)
     xr += plan.offset
-    acc = xr @ plan.wt[live_in][:, live_out]
+    acc = xr @ plan.wt[np.ix_(live_in, live_out)]
     acc += bias.astype(plan.dtype)
     part = np.empty(acc.shape, dtype=np.int8)
     stage.take(live_out)(acc, part)
