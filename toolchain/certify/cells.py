@@ -42,10 +42,16 @@ def cells_per_input(net: MergedNet, box: Box) -> np.ndarray | None:
     return (k_hi - k_lo + 1).astype(np.int64)
 
 
+# A box's cells are held in arrays with one axis per input (CellOutputs.q: one more for the outputs), and
+# numpy arrays have at most 64 axes: boxes of networks with more inputs are never enumerated (such boxes
+# meet astronomically many cells anyway, unless nearly every input is held fixed).
+MAX_GRID_INPUTS = 63
+
+
 def cell_count(net: MergedNet, box: Box) -> float:
-    """Cells the box meets (inf when they cannot be counted)."""
+    """Cells the box meets (inf when they cannot be counted, or not held in one grid array)."""
     per = cells_per_input(net, box)
-    if per is None:
+    if per is None or per.size > MAX_GRID_INPUTS:
         return float("inf")
     with np.errstate(over="ignore"):  # hundreds of inputs: the count overflows to inf, as it should
         return float(np.prod(per.astype(np.float64)))
