@@ -17,7 +17,7 @@ from toolchain.tflite import prepare, reader
 
 # Zoo models whose ops the certify engines support.
 CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
-               "mlp_softmax", "cnn_depthwise")
+               "mlp_softmax", "cnn_depthwise", "cnn_conv")
 
 
 def _net(zoo_model, interface="float", rounding="double"):
@@ -52,6 +52,65 @@ def test_engines_bound_sampled_errors(zoo, name):
         assert np.all(with_margin(diff.bound.upper[i]) >= seen), f"{name} differential: {diff.bound.upper[i]} < {seen}"
         assert np.all(with_margin(inter.bound.upper[i]) >= seen), f"{name} interval: {inter.bound.upper[i]} < {seen}"
         assert diff.bound.upper[i].max() <= inter.bound.upper[i].max() * (1 + 1e-9)
+
+
+@pytest.mark.tf
+def test_max_pool_is_lowered_to_pairwise_maxes(zoo):
+    """MAX_POOL_2D (2x2 windows, stride 1) becomes two auxiliary ReLU levels, max(a, b) = a + relu(b - a),
+    and an exact node: the merged float side is the float graph's max pool (the float32 runtime within
+    float32 rounding) and the int8 side adds no rounding term."""
+    from toolchain.pair import float32_runtime_gap, load_pair
+
+    m = zoo["cnn_conv"]
+    net, _ = _net(m)
+    pool = [n for n in net.nodes if "MAX_POOL_2D" in n.name]
+    assert [n.tensor == "" for n in pool] == [True, True, False]
+    assert [n.size for n in pool] == [2 * pool[2].size, pool[2].size, pool[2].size]
+    assert all(np.all(n.noise == 0) for n in pool) and pool[2].linear_only
+    pair = load_pair(m.float_tflite, m.int8_tflite, "double", "float")
+    xs = np.random.default_rng(0).uniform(-1, 1, (20, net.n_inputs))
+    assert float32_runtime_gap(pair, xs) < 1e-5
+    # The int8 side: the nodes' maps on the device's pool input give the device's pool output exactly.
+    from toolchain.execute import run
+    from toolchain.merge import matmul_t
+
+    pg = pair.prepared
+    index = {t.name: t.index for t in pg.graph.tensors}
+    r = run(pg, falsify.quantized_input(net, pg, xs), keep_intermediates=True)
+    first = net.nodes.index(pool[0])
+    source = net.nodes[pool[0].inputs[0]]
+    yq = {pool[0].inputs[0]: source.scale * (r.tensors[index[source.tensor]].reshape(len(xs), -1) - source.zero_point)}
+    for t, node in enumerate(pool, first):
+        u = sum(matmul_t(yq[i], A) for i, A in zip(node.inputs, node.A_q, strict=True))
+        yq[t] = np.clip(u, node.q_lo, node.q_hi)
+    device = r.tensors[index[pool[2].tensor]].reshape(len(xs), -1)
+    assert np.array_equal(yq[first + 2], pool[2].scale * (device - pool[2].zero_point))
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("method", ["interval", "differential", "split", "auto", "milp"])
+def test_max_pool_engines_hold_against_every_int8_input(zoo, method):
+    """Every engine on the max-pooling CNN, over a box where four inputs take five int8 values each
+    and the rest are held on one grid value (int8 interface): above the error at every input."""
+    import itertools
+
+    net, pg = _net(zoo["cnn_conv"], "int8")
+    s = net.input_scale
+    rng = np.random.default_rng(3)
+    center = s * np.round(rng.uniform(-0.8, 0.8, net.n_inputs) / s)
+    vary = rng.choice(net.n_inputs, 4, replace=False)
+    steps = s * np.arange(-2, 3)
+    points = np.tile(center, (5 ** 4, 1))
+    points[:, vary] += np.array(list(itertools.product(steps, repeat=4)))
+    exact = np.abs(falsify.errors(net, pg, points)).max(axis=0)
+    low, high = center.copy(), center.copy()
+    low[vary] -= 2 * s
+    high[vary] += 2 * s
+    small = DEFAULT.replace(max_boxes=100, round_boxes=8, chunk_boxes=8, falsify_samples=200, falsify_steps=5,
+                            edge_steps=4, edge_starts=2, milp_nodes=200, milp_leaf_nodes=50)
+    cert = certify(net, pg, [Box(low, high)], budget=0.0, target="t", method=method, settings=small)
+    assert np.all(np.array([o.upper for o in cert.outputs]) >= exact)
+    assert np.all(np.array([o.lower for o in cert.outputs]) <= exact + 1e-12)
 
 
 @pytest.mark.slow

@@ -193,10 +193,42 @@ def test_lowered_node_fields_match_the_merged_node() -> None:
 
     node_fields = {f.name for f in dataclasses.fields(Node)}
     lowered = {f.name for f in dataclasses.fields(Lowered)}
-    assert lowered - {"inputs"} <= node_fields
+    assert lowered - {"inputs", "aux"} <= node_fields
     assert node_fields - lowered == {"name", "tensor", "scale", "zero_point"}
     ctx_fields = {f.name for f in dataclasses.fields(LowerContext)}
     assert {"scale", "zero_point", "inputs", "input_scales"} <= ctx_fields
+
+
+@pytest.mark.parametrize("padding, stride, size", [("SAME", 2, 3), ("VALID", 1, 3), ("SAME", 1, 2), ("VALID", 2, 1)])
+def test_max_pool_lowering_gives_the_kernels_window_maxima(padding, stride, size) -> None:
+    """MAX_POOL_2D's merged nodes (pairwise maxes as ReLUs, then their exact sum), evaluated as the engines
+    read them, give the executor's output on random int8 inputs: windows of 1 to 9 elements, odd counts
+    (a term carried to the next level) and windows clipped by padding (the first element repeated)."""
+    from types import SimpleNamespace
+
+    from toolchain.merge import matmul_t
+    from toolchain.ops import common
+    from toolchain.ops.pooling import Pool, PoolOp, pool
+
+    h, w, c, scale, zp = 7, 6, 3, 0.05, -3
+    oh, pad_h = common.compute_padding(padding, stride, 1, h, size)
+    ow, pad_w = common.compute_padding(padding, stride, 1, w, size)
+    p = Pool(False, (size, size), (stride, stride), (pad_h, pad_w), (oh, ow), -128, 127)
+    n = oh * ow * c
+    ctx = SimpleNamespace(prepared=p, scale=scale, zero_point=zp, size=n, inputs=(4,), input_scales=(scale,),
+                          next_node=9, f_lo=np.full(n, -np.inf), f_hi=np.full(n, np.inf), name="op #5 MAX_POOL_2D",
+                          output=SimpleNamespace(shape=(1, oh, ow, c)), input_shape=lambda k: (1, h, w, c))
+    low = PoolOp().lower(ctx)  # type: ignore[arg-type]
+    q = np.random.default_rng(size).integers(-128, 128, (50, 1, h, w, c)).astype(np.int8)
+    device = pool(q, p).reshape(50, -1).astype(np.float64)
+    for side in ("A_f", "A_q"):
+        y = {4: scale * (q.reshape(50, -1).astype(np.float64) - zp)}
+        for t, node in enumerate((*low.aux, low), 9):
+            v = sum(matmul_t(y[i], A) for i, A in zip(node.inputs, getattr(node, side), strict=True))
+            lo, hi = (node.f_lo, node.f_hi) if side == "A_f" else (node.q_lo, node.q_hi)
+            y[t] = np.clip(v + (node.c_f if side == "A_f" else node.c_q), lo, hi)
+            assert np.all(node.noise == 0)
+        assert np.allclose(y[9 + len(low.aux)], scale * (device - zp), rtol=0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------- constants

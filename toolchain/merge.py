@@ -213,7 +213,7 @@ def build(float_graph: ir.Graph, pg: PreparedGraph, input_interface: str = "floa
             node_of_q[qo.outputs[0]] = ins_q[0]
             node_of_f[fo.outputs[0]] = ins_f[0]
             continue
-        nodes.append(_node(impl, float_graph, fo, qg, qo, prep, pg.rounding, tuple(ins_q), nodes))
+        nodes.extend(_nodes(impl, float_graph, fo, qg, qo, prep, pg.rounding, tuple(ins_q), nodes))
         node_of_q[qo.outputs[0]] = len(nodes) - 1
         node_of_f[fo.outputs[0]] = len(nodes) - 1
         certified = qt.name
@@ -236,9 +236,10 @@ def build(float_graph: ir.Graph, pg: PreparedGraph, input_interface: str = "floa
     )
 
 
-def _node(impl: ops.Op, fg: ir.Graph, fo: ir.Operator, qg: ir.Graph, qo: ir.Operator, prep: OpData,
-          rounding: Rounding, ins: tuple[int, ...], nodes: list[Node]) -> Node:
-    """The op's node: what its `Op.lower` contributes, named and placed in the network."""
+def _nodes(impl: ops.Op, fg: ir.Graph, fo: ir.Operator, qg: ir.Graph, qo: ir.Operator, prep: OpData,
+           rounding: Rounding, ins: tuple[int, ...], nodes: list[Node]) -> list[Node]:
+    """The op's nodes: what its `Op.lower` contributes, named and placed in the network (its auxiliary
+    nodes first, tensor "": no int8 tensor holds them; then the op's own node)."""
     qt = qg.tensor(qo.outputs[0])
     if qt.quant is None:
         raise QassureError(f"{qo.describe()}: output tensor '{qt.name}' is not quantized", qg.path)
@@ -246,7 +247,14 @@ def _node(impl: ops.Op, fg: ir.Graph, fo: ir.Operator, qg: ir.Graph, qo: ir.Oper
     n = qt.size
     f_lo, f_hi = (np.full(n, v) for v in _FLOAT_ACT[getattr(fo.options, "activation", ir.ACT_NONE)])
     ctx = LowerContext(fg, fo, qg, qo, prep, rounding, ins, tuple(nodes[i].scale for i in ins),
-                       s_out, zp_out, n, f_lo, f_hi)
+                       s_out, zp_out, n, f_lo, f_hi, len(nodes))
     low = impl.lower(ctx)
-    return Node(qo.describe(), qt.name, ins if low.inputs is None else low.inputs, low.A_f, low.c_f, low.f_lo,
-                low.f_hi, low.A_q, low.c_q, low.noise, low.q_lo, low.q_hi, s_out, zp_out, low.linear_only)
+    out = []
+    for k, aux in enumerate(low.aux):
+        assert aux.inputs is not None and max(aux.inputs) < len(nodes) + k, "aux nodes read earlier nodes"
+        out.append(Node(f"{qo.describe()} step {k + 1}", "", aux.inputs, aux.A_f, aux.c_f, aux.f_lo, aux.f_hi,
+                        aux.A_q, aux.c_q, aux.noise, aux.q_lo, aux.q_hi, s_out, 0, aux.linear_only))
+    reads = ins if low.inputs is None else low.inputs
+    out.append(Node(qo.describe(), qt.name, reads, low.A_f, low.c_f, low.f_lo, low.f_hi, low.A_q, low.c_q,
+                    low.noise, low.q_lo, low.q_hi, s_out, zp_out, low.linear_only))
+    return out

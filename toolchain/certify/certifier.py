@@ -198,7 +198,7 @@ def saturations(
     value really exceeds it."""
     out: list[Saturation] = []
     for t, node in enumerate(net.nodes):
-        if t == 0 or node.linear_only:
+        if t == 0 or node.linear_only or not node.tensor:  # auxiliary nodes hold no tensor
             continue
         pl, ph = ranges[t]
         yl, yh = np.clip(pl, node.f_lo, node.f_hi), np.clip(ph, node.f_lo, node.f_hi)

@@ -96,6 +96,7 @@ class LowerContext:
     size: int  # elements of the output tensor
     f_lo: np.ndarray  # the float op's fused activation as a clamp [f_lo, f_hi]
     f_hi: np.ndarray
+    next_node: int = 0  # index the op's first new node gets (its `Lowered.aux`, else the node itself)
 
     @property
     def name(self) -> str:
@@ -128,6 +129,11 @@ class Lowered:
     q_hi: np.ndarray
     linear_only: bool = False  # exact rearrangement: no rounding, no clamp
     inputs: tuple[int, ...] | None = None  # the nodes A_f / A_q read, when not all of ctx.inputs
+    # Nodes of the merged network that no tensor holds, placed before this one at ctx.next_node,
+    # ctx.next_node + 1, ... (each with its own `inputs`): an op that is not one affine map and one
+    # clamp per element is lowered to several (MAX_POOL_2D: a tree of max(a, b) = a + relu(b - a)).
+    # Their grid step is the op's output scale.
+    aux: tuple[Lowered, ...] = ()
 
 
 class CWriter(Protocol):
