@@ -17,7 +17,7 @@ from toolchain.tflite import prepare, reader
 
 # Zoo models whose ops the certify engines support.
 CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
-               "mlp_softmax", "cnn_depthwise", "cnn_conv")
+               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky")
 
 
 def _net(zoo_model, interface="float", rounding="double"):
@@ -88,29 +88,60 @@ def test_max_pool_is_lowered_to_pairwise_maxes(zoo):
 
 
 @pytest.mark.tf
+@pytest.mark.parametrize("name, vary", [("cnn_conv", 4), ("mlp_leaky", 3)])
 @pytest.mark.parametrize("method", ["interval", "differential", "split", "auto", "milp"])
-def test_max_pool_engines_hold_against_every_int8_input(zoo, method):
-    """Every engine on the max-pooling CNN, over a box where four inputs take five int8 values each
-    and the rest are held on one grid value (int8 interface): above the error at every input."""
+def test_lowered_ops_hold_against_every_int8_input(zoo, name, vary, method):
+    """Every engine on the models whose ops lower to several nodes (MAX_POOL_2D, LEAKY_RELU), over a box
+    where `vary` inputs take five int8 values each and the rest are held on one grid value (int8
+    interface): above the error at every input."""
     import itertools
 
-    net, pg = _net(zoo["cnn_conv"], "int8")
+    net, pg = _net(zoo[name], "int8")
     s = net.input_scale
     rng = np.random.default_rng(3)
     center = s * np.round(rng.uniform(-0.8, 0.8, net.n_inputs) / s)
-    vary = rng.choice(net.n_inputs, 4, replace=False)
-    steps = s * np.arange(-2, 3)
-    points = np.tile(center, (5 ** 4, 1))
-    points[:, vary] += np.array(list(itertools.product(steps, repeat=4)))
+    dims = rng.choice(net.n_inputs, vary, replace=False)
+    points = np.tile(center, (5 ** vary, 1))
+    points[:, dims] += np.array(list(itertools.product(s * np.arange(-2, 3), repeat=vary)))
     exact = np.abs(falsify.errors(net, pg, points)).max(axis=0)
     low, high = center.copy(), center.copy()
-    low[vary] -= 2 * s
-    high[vary] += 2 * s
+    low[dims] -= 2 * s
+    high[dims] += 2 * s
     small = DEFAULT.replace(max_boxes=100, round_boxes=8, chunk_boxes=8, falsify_samples=200, falsify_steps=5,
                             edge_steps=4, edge_starts=2, milp_nodes=200, milp_leaf_nodes=50)
     cert = certify(net, pg, [Box(low, high)], budget=0.0, target="t", method=method, settings=small)
     assert np.all(np.array([o.upper for o in cert.outputs]) >= exact)
     assert np.all(np.array([o.lower for o in cert.outputs]) <= exact + 1e-12)
+
+
+@pytest.mark.tf
+def test_leaky_relu_is_lowered_to_a_relu_and_two_slopes(zoo):
+    """LEAKY_RELU: an auxiliary ReLU node on the input's grid, then alpha x + (1 - alpha) relu(x) on the
+    float side (the float32 runtime within float32 rounding) and the two multipliers on the int8 side,
+    within the node's rounding term of the device's output on every int8 input."""
+    from toolchain.execute import run
+    from toolchain.merge import matmul_t
+    from toolchain.pair import float32_runtime_gap, load_pair
+
+    m = zoo["mlp_leaky"]
+    net, _ = _net(m)
+    leaky = [t for t, n in enumerate(net.nodes) if "LEAKY_RELU" in n.name]
+    assert len(leaky) == 4 and [net.nodes[t].tensor == "" for t in leaky] == [True, False, True, False]
+    pair = load_pair(m.float_tflite, m.int8_tflite, "double", "float")
+    xs = np.random.default_rng(0).uniform(-1, 1, (200, net.n_inputs))
+    assert float32_runtime_gap(pair, xs) < 1e-5
+    pg = pair.prepared
+    index = {t.name: t.index for t in pg.graph.tensors}
+    r = run(pg, falsify.quantized_input(net, pg, xs), keep_intermediates=True)
+    for aux in leaky[::2]:
+        relu, out = net.nodes[aux], net.nodes[aux + 1]
+        src = net.nodes[relu.inputs[0]]
+        assert relu.scale == src.scale and np.all(relu.noise == 0)
+        x = src.scale * (r.tensors[index[src.tensor]].reshape(len(xs), -1).astype(np.float64) - src.zero_point)
+        yq = {relu.inputs[0]: x, aux: np.clip(x, relu.q_lo, relu.q_hi)}
+        u = sum(matmul_t(yq[i], A) for i, A in zip(out.inputs, out.A_q, strict=True))
+        device = out.scale * (r.tensors[index[out.tensor]].reshape(len(xs), -1).astype(np.float64) - out.zero_point)
+        assert np.all(np.abs(np.clip(u, out.q_lo, out.q_hi) - device) <= out.noise + 1e-12)
 
 
 @pytest.mark.slow

@@ -193,7 +193,7 @@ def test_lowered_node_fields_match_the_merged_node() -> None:
 
     node_fields = {f.name for f in dataclasses.fields(Node)}
     lowered = {f.name for f in dataclasses.fields(Lowered)}
-    assert lowered - {"inputs", "aux"} <= node_fields
+    assert lowered - {"inputs", "aux", "grid"} <= node_fields
     assert node_fields - lowered == {"name", "tensor", "scale", "zero_point"}
     ctx_fields = {f.name for f in dataclasses.fields(LowerContext)}
     assert {"scale", "zero_point", "inputs", "input_scales"} <= ctx_fields

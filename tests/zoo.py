@@ -30,7 +30,7 @@ from toolchain import quantize as qz
 
 ZOO_OPS = frozenset({
     "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL",
-    "RESHAPE", "PAD", "CONCATENATION", "MEAN", "SOFTMAX", "LOGISTIC", "TANH",
+    "RESHAPE", "PAD", "CONCATENATION", "MEAN", "SOFTMAX", "LOGISTIC", "TANH", "LEAKY_RELU",
 })
 N_CALIBRATION = 64
 
@@ -129,6 +129,14 @@ def _mlp_small(k: Any) -> Any:
     return k.Model(inp, k.layers.Dense(3)(x))
 
 
+def _mlp_leaky(k: Any) -> Any:
+    L = k.layers
+    x = inp = k.Input((3,))
+    x = L.LeakyReLU(negative_slope=0.2)(L.Dense(10)(x))
+    x = L.LeakyReLU(negative_slope=0.05)(L.Dense(6)(x))
+    return k.Model(inp, L.Dense(3)(x))
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -191,6 +199,7 @@ _SPECS: dict[str, _Spec] = {
                                 calibration=_pairs_calibration, weights=_big_multiplier_weights),
     "mlp_tiny_multiplier": _Spec(_mlp_wide, (4,), "multipliers from 1e-2 down to ~2^-29 (very negative shifts)",
                                  weights=_tiny_multiplier_weights),
+    "mlp_leaky": _Spec(_mlp_leaky, (3,), "FC + LEAKY_RELU (alpha 0.2 and 0.05)"),
 }
 
 

@@ -252,8 +252,9 @@ def _nodes(impl: ops.Op, fg: ir.Graph, fo: ir.Operator, qg: ir.Graph, qo: ir.Ope
     out = []
     for k, aux in enumerate(low.aux):
         assert aux.inputs is not None and max(aux.inputs) < len(nodes) + k, "aux nodes read earlier nodes"
+        grid = s_out if aux.grid is None else aux.grid
         out.append(Node(f"{qo.describe()} step {k + 1}", "", aux.inputs, aux.A_f, aux.c_f, aux.f_lo, aux.f_hi,
-                        aux.A_q, aux.c_q, aux.noise, aux.q_lo, aux.q_hi, s_out, 0, aux.linear_only))
+                        aux.A_q, aux.c_q, aux.noise, aux.q_lo, aux.q_hi, grid, 0, aux.linear_only))
     reads = ins if low.inputs is None else low.inputs
     out.append(Node(qo.describe(), qt.name, reads, low.A_f, low.c_f, low.f_lo, low.f_hi, low.A_q, low.c_q,
                     low.noise, low.q_lo, low.q_hi, s_out, zp_out, low.linear_only))

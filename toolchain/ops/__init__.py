@@ -13,6 +13,7 @@ from toolchain.ops.base import Op
 from toolchain.ops.concatenation import ConcatenationOp
 from toolchain.ops.conv import ConvOp
 from toolchain.ops.fully_connected import FullyConnectedOp
+from toolchain.ops.leaky_relu import LeakyReluOp
 from toolchain.ops.lookup_table import LookupTableOp
 from toolchain.ops.mul import MulOp
 from toolchain.ops.pad import PadOp
@@ -34,6 +35,7 @@ _IMPLEMENTATIONS: tuple[Op, ...] = (
     MeanOp(),
     SoftmaxOp(),
     LookupTableOp(),
+    LeakyReluOp(),
     QuantizeOp(),
     DequantizeOp(),
 )

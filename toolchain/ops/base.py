@@ -132,8 +132,8 @@ class Lowered:
     # Nodes of the merged network that no tensor holds, placed before this one at ctx.next_node,
     # ctx.next_node + 1, ... (each with its own `inputs`): an op that is not one affine map and one
     # clamp per element is lowered to several (MAX_POOL_2D: a tree of max(a, b) = a + relu(b - a)).
-    # Their grid step is the op's output scale.
     aux: tuple[Lowered, ...] = ()
+    grid: float | None = None  # an auxiliary node's grid step (of its ŷ), when not the op's output scale
 
 
 class CWriter(Protocol):

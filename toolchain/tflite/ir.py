@@ -111,6 +111,11 @@ class SoftmaxOptions:
 
 
 @dataclass(frozen=True)
+class LeakyReluOptions:
+    alpha: float  # the slope below zero (float32, as the flatbuffer holds it)
+
+
+@dataclass(frozen=True)
 class NoOptions:
     pass
 
@@ -123,6 +128,7 @@ OpOptions = (
     | ConcatenationOptions
     | ReducerOptions
     | SoftmaxOptions
+    | LeakyReluOptions
     | NoOptions
 )
 
