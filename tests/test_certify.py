@@ -17,7 +17,7 @@ from toolchain.tflite import prepare, reader
 
 # Zoo models whose ops the certify engines support.
 CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
-               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky")
+               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max")
 
 
 def _net(zoo_model, interface="float", rounding="double"):
@@ -88,10 +88,10 @@ def test_max_pool_is_lowered_to_pairwise_maxes(zoo):
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("name, vary", [("cnn_conv", 4), ("mlp_leaky", 3)])
+@pytest.mark.parametrize("name, vary", [("cnn_conv", 4), ("mlp_leaky", 3), ("cnn1d_max", 4)])
 @pytest.mark.parametrize("method", ["interval", "differential", "split", "auto", "milp"])
 def test_lowered_ops_hold_against_every_int8_input(zoo, name, vary, method):
-    """Every engine on the models whose ops lower to several nodes (MAX_POOL_2D, LEAKY_RELU), over a box
+    """Every engine on the models whose ops lower to several nodes (MAX_POOL_2D, LEAKY_RELU, REDUCE_MAX), over a box
     where `vary` inputs take five int8 values each and the rest are held on one grid value (int8
     interface): above the error at every input."""
     import itertools

@@ -31,6 +31,7 @@ from toolchain import quantize as qz
 ZOO_OPS = frozenset({
     "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL",
     "RESHAPE", "PAD", "CONCATENATION", "MEAN", "SOFTMAX", "LOGISTIC", "TANH", "LEAKY_RELU",
+    "REDUCE_MAX",
 })
 N_CALIBRATION = 64
 
@@ -137,6 +138,16 @@ def _mlp_leaky(k: Any) -> Any:
     return k.Model(inp, L.Dense(3)(x))
 
 
+def _cnn1d_max(k: Any) -> Any:
+    L = k.layers
+    x = inp = k.Input((16, 2))
+    x = L.Conv1D(4, 3, padding="same", activation="relu")(x)
+    x = L.MaxPooling1D(3, strides=2, padding="same")(x)  # windows of 2 and 3 elements
+    x = L.Conv1D(5, 3, activation="relu6")(x)
+    x = L.GlobalMaxPooling1D()(x)
+    return k.Model(inp, L.Dense(3)(x))
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -200,6 +211,7 @@ _SPECS: dict[str, _Spec] = {
     "mlp_tiny_multiplier": _Spec(_mlp_wide, (4,), "multipliers from 1e-2 down to ~2^-29 (very negative shifts)",
                                  weights=_tiny_multiplier_weights),
     "mlp_leaky": _Spec(_mlp_leaky, (3,), "FC + LEAKY_RELU (alpha 0.2 and 0.05)"),
+    "cnn1d_max": _Spec(_cnn1d_max, (16, 2), "Conv1D, MAX_POOL_2D same padding 3/2, REDUCE_MAX (global max)"),
 }
 
 

@@ -19,7 +19,7 @@ from toolchain.ops.mul import MulOp
 from toolchain.ops.pad import PadOp
 from toolchain.ops.pooling import PoolOp
 from toolchain.ops.quantize import DequantizeOp, QuantizeOp
-from toolchain.ops.reduce import MeanOp
+from toolchain.ops.reduce import MeanOp, ReduceMaxOp
 from toolchain.ops.reshape import ReshapeOp
 from toolchain.ops.softmax import SoftmaxOp
 
@@ -33,6 +33,7 @@ _IMPLEMENTATIONS: tuple[Op, ...] = (
     PadOp(),
     ConcatenationOp(),
     MeanOp(),
+    ReduceMaxOp(),
     SoftmaxOp(),
     LookupTableOp(),
     LeakyReluOp(),

@@ -20,6 +20,7 @@ from toolchain.margins import FP_SLACK
 from toolchain.ops import common as C
 from toolchain.ops import kernels as K
 from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
+from toolchain.ops.maxtree import max_tree
 from toolchain.tflite import ir
 
 
@@ -83,52 +84,10 @@ def pool_matrix(in_shape, out_shape, p: Pool) -> sp.csr_matrix:
 
 
 def _max_lowering(ctx: LowerContext, p: Pool) -> Lowered:
-    """MAX_POOL_2D as a tree of pairwise maxes, max(a, b) = a + relu(b - a): per level, one auxiliary
-    node holds relu(b - a) of every pair of every window, and each window's terms become a + r (linear
-    in the input node and the auxiliary nodes so far). Both sides compute the same exact maximum: the
-    int8 kernel returns one of its inputs (no rounding: noise 0; b - a is a multiple of the input
-    scale, at most 255 LSBs), the float side the real maximum. A window with fewer elements (padding
-    excluded, as the kernel does) repeats its first one: max(a, a) = a."""
-    s, n = ctx.scale, ctx.size
+    """MAX_POOL_2D: each window's maximum (padding excluded, as the kernel does), ops.maxtree."""
     pattern = pool_matrix(ctx.input_shape(0), ctx.output.shape, p)
-    counts = np.diff(pattern.indptr)
-    m = int(counts.max())
-    j = np.arange(m)[None, :]
-    cols = pattern.indices[pattern.indptr[:-1, None] + np.where(j < counts[:, None], j, 0)]
-    n_in = pattern.shape[1]
-    # terms[node]: each window's m terms (row o * m + i) as a matrix on that node's values.
-    picks = sp.csr_matrix((np.ones(n * m), (np.arange(n * m), cols.ravel())), shape=(n * m, n_in))
-    terms = {ctx.inputs[0]: picks}
-    aux: list[Lowered] = []
-    while m > 1:
-        half, nxt = m // 2, (m + 1) // 2
-        first = (np.arange(n)[:, None] * m + 2 * np.arange(half)[None, :]).ravel()  # a of each pair
-        size = first.size
-        diff = tuple((T[first + 1] - T[first]).tocsr() for T in terms.values())
-        for D in diff:
-            D.eliminate_zeros()
-        zeros = np.zeros(size)
-        aux.append(Lowered(diff, zeros, zeros, np.full(size, np.inf), diff, zeros, zeros, zeros,
-                           np.full(size, 255.0 * s), inputs=tuple(terms)))
-        # next level: pair i -> a + r (row o * nxt + i); an odd last term is carried as it is
-        to_pair = (np.arange(n)[:, None] * nxt + np.arange(half)[None, :]).ravel()
-        rows, picks = [to_pair], [first]
-        if m % 2:
-            rows.append(np.arange(n) * nxt + half)
-            picks.append(np.arange(n) * m + m - 1)
-        r, c = np.concatenate(rows), np.concatenate(picks)
-        select = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(n * nxt, n * m))
-        terms = {k: (select @ T).tocsr() for k, T in terms.items()}
-        terms[ctx.next_node + len(aux) - 1] = sp.csr_matrix((np.ones(size), (to_pair, np.arange(size))),
-                                                            shape=(n * nxt, size))
-        m = nxt
-    A = tuple(terms.values())
-    q_lo, q_hi = C.clamp_range(p.act_min, p.act_max, s, ctx.zero_point, n)
-    # No fused activation: the sum is the maximum itself on both sides (no clamp to relax).
-    unclamped = bool(np.isinf(ctx.f_lo).all() and np.isinf(ctx.f_hi).all())
-    exact = unclamped and p.act_min == -128 and p.act_max == 127
-    return Lowered(A, np.zeros(n), ctx.f_lo, ctx.f_hi, A, np.zeros(n), np.zeros(n), q_lo, q_hi,
-                   linear_only=exact, inputs=tuple(terms), aux=tuple(aux))
+    windows = np.split(pattern.indices, pattern.indptr[1:-1])
+    return max_tree(ctx, windows, pattern.shape[1], p.act_min, p.act_max)
 
 
 class PoolOp(Op):

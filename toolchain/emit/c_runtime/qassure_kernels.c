@@ -352,6 +352,37 @@ void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output)
 }
 
 /* ===================================================================================
+ * REDUCE_MAX: reference_ops::ReduceGeneric with max from INT8_MIN (reduce_common.cc, int8:
+ * input and output share scale and zero point, so the value is copied as it is).
+ * =================================================================================== */
+void qa_reduce_max(const qa_reduce_max_params *p, const int8_t *input, int8_t *output)
+{
+    int32_t stride[4], outer[4], inner[4];
+    stride[3] = 1;
+    for (int k = 2; k >= 0; --k) stride[k] = stride[k + 1] * p->dims[k + 1];
+    for (int k = 0; k < 4; ++k) {
+        outer[k] = p->reduced[k] ? 1 : p->dims[k];
+        inner[k] = p->reduced[k] ? p->dims[k] : 1;
+    }
+    int32_t o = 0;
+    for (int32_t a0 = 0; a0 < outer[0]; ++a0)
+        for (int32_t a1 = 0; a1 < outer[1]; ++a1)
+            for (int32_t a2 = 0; a2 < outer[2]; ++a2)
+                for (int32_t a3 = 0; a3 < outer[3]; ++a3, ++o) {
+                    const int8_t *base = input + a0 * stride[0] + a1 * stride[1] + a2 * stride[2] + a3;
+                    int8_t best = INT8_MIN;
+                    for (int32_t b0 = 0; b0 < inner[0]; ++b0)
+                        for (int32_t b1 = 0; b1 < inner[1]; ++b1)
+                            for (int32_t b2 = 0; b2 < inner[2]; ++b2)
+                                for (int32_t b3 = 0; b3 < inner[3]; ++b3) {
+                                    const int8_t v = base[b0 * stride[0] + b1 * stride[1] + b2 * stride[2] + b3];
+                                    if (v > best) best = v;
+                                }
+                    output[o] = best;
+                }
+}
+
+/* ===================================================================================
  * QUANTIZE int8 -> int8: reference_ops::Requantize:
  * MultiplyByQuantizedMultiplier(q - input_zero_point, M, shift) + output_zero_point, clamp.
  * =================================================================================== */

@@ -158,6 +158,15 @@ typedef struct {
 /* Output: the kept axes in row-major order (keep_dims only changes the shape). */
 void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output);
 
+/* ---- REDUCE_MAX (int8, input and output quantization equal) ------------------------------- */
+typedef struct {
+    int32_t dims[4];          /* input shape padded to 4-D */
+    int32_t reduced[4];       /* 1 where the axis is reduced */
+} qa_reduce_max_params;
+
+/* Output: the kept axes in row-major order, each the largest input over the reduced axes. */
+void qa_reduce_max(const qa_reduce_max_params *p, const int8_t *input, int8_t *output);
+
 /* ---- QUANTIZE int8 -> int8 (requantize) ------------------------------------------------ */
 typedef struct {
     int32_t input_zero_point;
