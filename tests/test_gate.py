@@ -157,6 +157,27 @@ def test_bad_config_is_one_line_exit_2(tmp_path):
     assert res.exit_code == 2 and "unknown target" in res.stderr
 
 
+@pytest.mark.tf
+def test_unsupported_op_after_conversion_names_the_keras_model(tmp_path):
+    """A Keras model whose conversion holds an op the reader does not know: one line naming the user's
+    .keras file (not the converter's work directory) and the op."""
+    from toolchain.quantize import _keras
+
+    keras = _keras()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="hard_silu"),
+                              keras.layers.Dense(2)])
+    model.save(tmp_path / "swish.keras")
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).uniform(-1, 1, (32, 4)).astype(np.float32))
+    cfg = tmp_path / "swish.yaml"
+    cfg.write_text("model: swish.keras\nregion: {box: {low: -1, high: 1}}\nbudget: {max_abs_error: 1}\n"
+                   "representative_data: cal.npy\n")
+    res = CliRunner().invoke(app, ["certify", str(cfg), "--target", "cortex-m4"])
+    assert res.exit_code == 2
+    line = res.stderr.strip().splitlines()[-1]
+    assert str(tmp_path / "swish.keras") in line and "HARD_SWISH" in line and "qassure-" not in line
+
+
 def test_certify_command_rejects_unknown_method():
     res = CliRunner().invoke(app, ["certify", str(REPO / "configs" / "default.yaml"), "--target", "cortex-m4",
                                    "--method", "magic"])

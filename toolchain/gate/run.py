@@ -28,7 +28,7 @@ from toolchain.config import (
     sample_shape,
 )
 from toolchain.emit import artifact
-from toolchain.errors import EXIT_FAIL, EXIT_PASS, EXIT_SOUNDNESS, SoundnessViolation
+from toolchain.errors import EXIT_FAIL, EXIT_PASS, EXIT_SOUNDNESS, ModelError, SoundnessViolation
 from toolchain.gate.checks import (
     bitexact_check,
     certificate_checks,
@@ -79,7 +79,11 @@ def make_models(config: Config, target: Target, work: Path) -> Models:
     rep = representative_samples(config, sample_shape(config, tuple(model.inputs[0].shape)))
     res = quantize_keras_model(model, rep, work, int8_io=True, per_channel=target.per_channel,
                                source=config.model)
-    pair = load_pair(res.float_tflite, res.int8_tflite, target.rounding, config.input_interface)
+    try:
+        pair = load_pair(res.float_tflite, res.int8_tflite, target.rounding, config.input_interface)
+    except ModelError as exc:
+        # The converted files sit in a work directory the user never named: name the model they gave.
+        raise type(exc)(f"its TFLite conversion: {exc.message}", config.model) from None
     return Models(pair, rep, res.keras_vs_float_max_abs)
 
 
