@@ -17,7 +17,7 @@ from toolchain.tflite import prepare, reader
 
 # Zoo models whose ops the certify engines support.
 CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
-               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max")
+               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max", "mlp_sigmoid_out")
 
 
 def _net(zoo_model, interface="float", rounding="double"):
@@ -142,6 +142,25 @@ def test_leaky_relu_is_lowered_to_a_relu_and_two_slopes(zoo):
         u = sum(matmul_t(yq[i], A) for i, A in zip(out.inputs, out.A_q, strict=True))
         device = out.scale * (r.tensors[index[out.tensor]].reshape(len(xs), -1).astype(np.float64) - out.zero_point)
         assert np.all(np.abs(np.clip(u, out.q_lo, out.q_hi) - device) <= out.noise + 1e-12)
+
+
+@pytest.mark.tf
+def test_final_logistic_is_skipped_like_softmax_and_inner_tanh_is_refused(zoo):
+    """A sigmoid output layer: the certificate bounds its input (the logits) on both graphs, and says so;
+    a TANH inside the network stays one line naming the op."""
+    from toolchain.errors import QassureError
+    from toolchain.pair import float32_runtime_gap, load_pair
+
+    m = zoo["mlp_sigmoid_out"]
+    pair = load_pair(m.float_tflite, m.int8_tflite, "double", "float")
+    assert "LOGISTIC" in " ".join(pair.net.notes) and pair.net.n_outputs == 2
+    xs = np.random.default_rng(0).uniform(-1, 1, (50, pair.net.n_inputs))
+    assert float32_runtime_gap(pair, xs) < 1e-5  # the float side is paired with the float logits
+    cert = certify(pair.net, pair.prepared, [Box(np.full(5, -0.2), np.full(5, 0.2))], budget=0.0, target="t",
+                   method="differential")
+    assert "LOGISTIC" in " ".join(cert.notes)
+    with pytest.raises(QassureError, match=r"TANH inside the network is not supported by the certify engines"):
+        _net(zoo["mlp_tanh_sigmoid"])
 
 
 @pytest.mark.slow

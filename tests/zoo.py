@@ -148,6 +148,12 @@ def _cnn1d_max(k: Any) -> Any:
     return k.Model(inp, L.Dense(3)(x))
 
 
+def _mlp_sigmoid_out(k: Any) -> Any:
+    x = inp = k.Input((5,))
+    x = k.layers.Dense(8, activation="relu")(x)
+    return k.Model(inp, k.layers.Dense(2, activation="sigmoid")(x))
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -212,6 +218,7 @@ _SPECS: dict[str, _Spec] = {
                                  weights=_tiny_multiplier_weights),
     "mlp_leaky": _Spec(_mlp_leaky, (3,), "FC + LEAKY_RELU (alpha 0.2 and 0.05)"),
     "cnn1d_max": _Spec(_cnn1d_max, (16, 2), "Conv1D, MAX_POOL_2D same padding 3/2, REDUCE_MAX (global max)"),
+    "mlp_sigmoid_out": _Spec(_mlp_sigmoid_out, (5,), "FC + final LOGISTIC (a sigmoid output layer)"),
 }
 
 

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain import ops
 from toolchain.arith import Rounding
 from toolchain.certify import falsify
 from toolchain.certify.region import Box
 from toolchain.merge import MergedNet, build
+from toolchain.ops.base import Role
 from toolchain.tflite import ir, prepare, reader
 from toolchain.tflite.pair_check import validate_pair
 from toolchain.tflite.prepare import PreparedGraph
@@ -109,12 +111,15 @@ def load_pair(float_path: Path | str, int8_path: Path | str, rounding: Rounding,
 
 
 def _float_certified_tensor(pair: ModelPair) -> int:
-    """The float graph's tensor holding what the certificate bounds: the logits before a final SOFTMAX
-    (as `merge.build` chooses on the int8 side), else the float graph's output."""
+    """The float graph's tensor holding what the certificate bounds: the input of a final op the merge
+    skips (Role.TERMINAL: SOFTMAX, LOGISTIC, TANH; as `merge.build` chooses on the int8 side), else the
+    float graph's output."""
     certified = pair.net.int8_output_tensor
-    if any(op.opcode == "SOFTMAX" and op.inputs[0] == certified for op in pair.int8_graph.operators):
-        softmax = [op for op in pair.float_graph.operators if op.opcode == "SOFTMAX"]
-        return softmax[-1].inputs[0]
+    skipped = [op.opcode for op in pair.int8_graph.operators if op.inputs and op.inputs[0] == certified
+               and ops.lookup(op.opcode, op.index).role is Role.TERMINAL]
+    if skipped:
+        last = [op for op in pair.float_graph.operators if op.opcode == skipped[-1]]
+        return last[-1].inputs[0]
     return pair.float_graph.outputs[0]
 
 

@@ -3,7 +3,8 @@ reference_integer_ops/logistic.h, tanh.h), in gemmlowp fixed point (toolchain.fi
 
 TFLM runs the fixed-point reference recipe for int8 (no lookup table on the device); an int8 input
 has 256 values, so prepare runs that recipe once on all of them and the op is a table lookup here
-and in the emitted C. Not lowered: the certify engines take piecewise-affine ops only.
+and in the emitted C. Not lowered: the certify engines take piecewise-affine ops only. As the model's
+last op (a sigmoid or tanh output layer) it is skipped like SOFTMAX: the certificate bounds its input.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from toolchain.arith import (
     rounding_divide_by_pot,
 )
 from toolchain.ops import common as C
-from toolchain.ops.base import CWriter, Op, OpData
+from toolchain.ops.base import CWriter, Op, OpData, Role
 from toolchain.tflite import ir
 
 INPUT_INTEGER_BITS = 4  # logistic / tanh int8: Q4.27 input
@@ -113,6 +114,10 @@ def tanh_table(p: ActivationParams) -> np.ndarray:
 
 class LookupTableOp(Op):
     names = ("LOGISTIC", "TANH")
+    role = Role.TERMINAL
+    merge_note = ("the model ends in LOGISTIC or TANH: the certificate bounds its input, the values before "
+                  "the squashing (both are 1-Lipschitz or flatter; the int8 tables' own error is not "
+                  "bounded)")
 
     def prepare(self, graph: ir.Graph, op: ir.Operator, rounding: Rounding) -> Table:
         C.require_int8(graph, op, op.inputs[0], op.outputs[0])
