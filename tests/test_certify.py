@@ -17,7 +17,7 @@ from toolchain.tflite import prepare, reader
 
 # Zoo models whose ops the certify engines support.
 CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
-               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max", "mlp_sigmoid_out")
+               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max", "mlp_sigmoid_out", "cnn_prelu")
 
 
 def _net(zoo_model, interface="float", rounding="double"):
@@ -88,10 +88,12 @@ def test_max_pool_is_lowered_to_pairwise_maxes(zoo):
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("name, vary", [("cnn_conv", 4), ("mlp_leaky", 3), ("cnn1d_max", 4)])
+@pytest.mark.parametrize("name, vary", [("cnn_conv", 4), ("mlp_leaky", 3), ("cnn1d_max", 4),
+                                        ("cnn_prelu", 4)])
 @pytest.mark.parametrize("method", ["interval", "differential", "split", "auto", "milp"])
 def test_lowered_ops_hold_against_every_int8_input(zoo, name, vary, method):
-    """Every engine on the models whose ops lower to several nodes (MAX_POOL_2D, LEAKY_RELU, REDUCE_MAX), over a box
+    """Every engine on the models whose ops lower to several nodes (MAX_POOL_2D, LEAKY_RELU, REDUCE_MAX,
+    PRELU), over a box
     where `vary` inputs take five int8 values each and the rest are held on one grid value (int8
     interface): above the error at every input."""
     import itertools
@@ -115,17 +117,18 @@ def test_lowered_ops_hold_against_every_int8_input(zoo, name, vary, method):
 
 
 @pytest.mark.tf
-def test_leaky_relu_is_lowered_to_a_relu_and_two_slopes(zoo):
-    """LEAKY_RELU: an auxiliary ReLU node on the input's grid, then alpha x + (1 - alpha) relu(x) on the
-    float side (the float32 runtime within float32 rounding) and the two multipliers on the int8 side,
-    within the node's rounding term of the device's output on every int8 input."""
+@pytest.mark.parametrize("name, op", [("mlp_leaky", "LEAKY_RELU"), ("cnn_prelu", "PRELU")])
+def test_leaky_relus_are_lowered_to_a_relu_and_two_slopes(zoo, name, op):
+    """LEAKY_RELU and PRELU: an auxiliary ReLU node on the input's grid, then alpha x + (1 - alpha) relu(x)
+    on the float side (the float32 runtime within float32 rounding) and the two multipliers on the int8
+    side, within the node's rounding term of the device's output on sampled inputs."""
     from toolchain.execute import run
     from toolchain.merge import matmul_t
     from toolchain.pair import float32_runtime_gap, load_pair
 
-    m = zoo["mlp_leaky"]
+    m = zoo[name]
     net, _ = _net(m)
-    leaky = [t for t, n in enumerate(net.nodes) if "LEAKY_RELU" in n.name]
+    leaky = [t for t, n in enumerate(net.nodes) if op in n.name]
     assert len(leaky) == 4 and [net.nodes[t].tensor == "" for t in leaky] == [True, False, True, False]
     pair = load_pair(m.float_tflite, m.int8_tflite, "double", "float")
     xs = np.random.default_rng(0).uniform(-1, 1, (200, net.n_inputs))

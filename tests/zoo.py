@@ -31,7 +31,7 @@ from toolchain import quantize as qz
 ZOO_OPS = frozenset({
     "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL",
     "RESHAPE", "PAD", "CONCATENATION", "MEAN", "SOFTMAX", "LOGISTIC", "TANH", "LEAKY_RELU",
-    "REDUCE_MAX",
+    "REDUCE_MAX", "PRELU",
 })
 N_CALIBRATION = 64
 
@@ -154,6 +154,15 @@ def _mlp_sigmoid_out(k: Any) -> Any:
     return k.Model(inp, k.layers.Dense(2, activation="sigmoid")(x))
 
 
+def _cnn_prelu(k: Any) -> Any:
+    L = k.layers
+    x = inp = k.Input((6, 6, 2))
+    x = L.PReLU(shared_axes=[1, 2])(L.Conv2D(3, 3)(x))  # one alpha per channel
+    x = L.Flatten()(x)
+    x = L.PReLU()(L.Dense(6)(x))  # one alpha per element
+    return k.Model(inp, L.Dense(2)(x))
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -219,6 +228,7 @@ _SPECS: dict[str, _Spec] = {
     "mlp_leaky": _Spec(_mlp_leaky, (3,), "FC + LEAKY_RELU (alpha 0.2 and 0.05)"),
     "cnn1d_max": _Spec(_cnn1d_max, (16, 2), "Conv1D, MAX_POOL_2D same padding 3/2, REDUCE_MAX (global max)"),
     "mlp_sigmoid_out": _Spec(_mlp_sigmoid_out, (5,), "FC + final LOGISTIC (a sigmoid output layer)"),
+    "cnn_prelu": _Spec(_cnn_prelu, (6, 6, 2), "PRELU per channel (conv) and per element (FC)"),
 }
 
 

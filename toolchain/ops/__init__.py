@@ -18,6 +18,7 @@ from toolchain.ops.lookup_table import LookupTableOp
 from toolchain.ops.mul import MulOp
 from toolchain.ops.pad import PadOp
 from toolchain.ops.pooling import PoolOp
+from toolchain.ops.prelu import PreluOp
 from toolchain.ops.quantize import DequantizeOp, QuantizeOp
 from toolchain.ops.reduce import MeanOp, ReduceMaxOp
 from toolchain.ops.reshape import ReshapeOp
@@ -37,6 +38,7 @@ _IMPLEMENTATIONS: tuple[Op, ...] = (
     SoftmaxOp(),
     LookupTableOp(),
     LeakyReluOp(),
+    PreluOp(),
     QuantizeOp(),
     DequantizeOp(),
 )

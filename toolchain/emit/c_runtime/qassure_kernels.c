@@ -352,6 +352,20 @@ void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output)
 }
 
 /* ===================================================================================
+ * PRELU: reference_ops::BroadcastPrelu4DSlow, alpha already broadcast to the input's shape.
+ * =================================================================================== */
+void qa_prelu(const qa_prelu_params *p, const int8_t *input, const int8_t *alpha, int8_t *output)
+{
+    for (int32_t i = 0; i < p->size; ++i) {
+        const int32_t v = (int32_t)input[i] + p->input_offset;
+        const int32_t raw = v >= 0
+            ? qa_multiply_by_quantized_multiplier(v, p->multiplier_1, p->shift_1)
+            : qa_multiply_by_quantized_multiplier(v * ((int32_t)alpha[i] + p->alpha_offset), p->multiplier_2, p->shift_2);
+        output[i] = (int8_t)qa_clamp32(raw + p->output_offset, INT8_MIN, INT8_MAX);
+    }
+}
+
+/* ===================================================================================
  * REDUCE_MAX: reference_ops::ReduceGeneric with max from INT8_MIN (reduce_common.cc, int8:
  * input and output share scale and zero point, so the value is copied as it is).
  * =================================================================================== */

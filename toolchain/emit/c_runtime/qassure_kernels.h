@@ -158,6 +158,18 @@ typedef struct {
 /* Output: the kept axes in row-major order (keep_dims only changes the shape). */
 void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output);
 
+/* ---- PRELU (alpha broadcast to the input's shape by the generator) ------------------------ */
+typedef struct {
+    int32_t input_offset;     /* -input zero point */
+    int32_t alpha_offset;     /* -alpha zero point */
+    int32_t output_offset;    /* +output zero point */
+    int32_t multiplier_1, shift_1; /* s_in / s_out (x >= 0) */
+    int32_t multiplier_2, shift_2; /* s_in s_alpha / s_out (x < 0, times alpha) */
+    int32_t size;
+} qa_prelu_params;
+
+void qa_prelu(const qa_prelu_params *p, const int8_t *input, const int8_t *alpha, int8_t *output);
+
 /* ---- REDUCE_MAX (int8, input and output quantization equal) ------------------------------- */
 typedef struct {
     int32_t dims[4];          /* input shape padded to 4-D */
