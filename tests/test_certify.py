@@ -17,7 +17,8 @@ from toolchain.tflite import prepare, reader
 
 # Zoo models whose ops the certify engines support.
 CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
-               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max", "mlp_sigmoid_out", "cnn_prelu")
+               "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max", "mlp_sigmoid_out", "cnn_prelu",
+               "mlp_normalized")
 
 
 def _net(zoo_model, interface="float", rounding="double"):
@@ -55,6 +56,39 @@ def test_engines_bound_sampled_errors(zoo, name):
 
 
 @pytest.mark.tf
+@pytest.mark.parametrize("name", CERTIFIABLE)
+def test_every_lowering_holds_the_device_within_its_rounding_term(zoo, name):
+    """Node by node, the int8 side of the merged network fed the device's own input tensors gives the
+    device's output tensor within the node's rounding term (auxiliary nodes: exactly), and the float side
+    gives the float32 runtime's certified tensor: what every engine assumes of each op's lowering."""
+    from toolchain.execute import run
+    from toolchain.merge import matmul_t
+    from toolchain.pair import float32_runtime_gap, load_pair
+
+    pair = load_pair(zoo[name].float_tflite, zoo[name].int8_tflite, "double", "float")
+    net, pg = pair.net, pair.prepared
+    xs = np.random.default_rng(7).uniform(-1, 1, (100, net.n_inputs))
+    assert float32_runtime_gap(pair, xs) < 1e-4
+    index = {t.name: t.index for t in pg.graph.tensors}
+    r = run(pg, falsify.quantized_input(net, pg, xs), keep_intermediates=True)
+
+    def device(node):
+        q = r.tensors[index[node.tensor]].reshape(len(xs), -1).astype(np.float64)
+        return node.scale * (q - node.zero_point)
+
+    yq = {0: device(net.nodes[0])}
+    for t, node in enumerate(net.nodes[1:], 1):
+        u = node.c_q + sum(matmul_t(yq[i], A) for i, A in zip(node.inputs, node.A_q, strict=True))
+        model = np.clip(u, node.q_lo, node.q_hi)
+        if not node.tensor:
+            yq[t] = model
+            continue
+        yq[t] = device(node)
+        gap = np.abs(model - yq[t]) - node.noise
+        assert gap.max() <= 1e-9 * max(1.0, float(np.abs(u).max())), (node.name, gap.max())
+
+
+@pytest.mark.tf
 def test_max_pool_is_lowered_to_pairwise_maxes(zoo):
     """MAX_POOL_2D (2x2 windows, stride 1) becomes two auxiliary ReLU levels, max(a, b) = a + relu(b - a),
     and an exact node: the merged float side is the float graph's max pool (the float32 runtime within
@@ -89,7 +123,7 @@ def test_max_pool_is_lowered_to_pairwise_maxes(zoo):
 
 @pytest.mark.tf
 @pytest.mark.parametrize("name, vary", [("cnn_conv", 4), ("mlp_leaky", 3), ("cnn1d_max", 4),
-                                        ("cnn_prelu", 4)])
+                                        ("cnn_prelu", 4), ("mlp_normalized", 4)])
 @pytest.mark.parametrize("method", ["interval", "differential", "split", "auto", "milp"])
 def test_lowered_ops_hold_against_every_int8_input(zoo, name, vary, method):
     """Every engine on the models whose ops lower to several nodes (MAX_POOL_2D, LEAKY_RELU, REDUCE_MAX,

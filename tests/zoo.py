@@ -31,7 +31,7 @@ from toolchain import quantize as qz
 ZOO_OPS = frozenset({
     "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL",
     "RESHAPE", "PAD", "CONCATENATION", "MEAN", "SOFTMAX", "LOGISTIC", "TANH", "LEAKY_RELU",
-    "REDUCE_MAX", "PRELU",
+    "REDUCE_MAX", "PRELU", "SUB",
 })
 N_CALIBRATION = 64
 
@@ -163,6 +163,15 @@ def _cnn_prelu(k: Any) -> Any:
     return k.Model(inp, L.Dense(2)(x))
 
 
+def _mlp_normalized(k: Any) -> Any:
+    L = k.layers
+    x = inp = k.Input((4,))
+    x = L.Normalization(mean=[0.1, -0.2, 0.3, 0.0], variance=[2.0, 0.5, 1.0, 4.0])(x)  # SUB, MUL constants
+    a = L.Dense(6, activation="relu")(x)
+    x = L.Subtract()([a, L.Dense(6)(x)])  # SUB of two activations
+    return k.Model(inp, L.Dense(2)(x))
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -229,6 +238,7 @@ _SPECS: dict[str, _Spec] = {
     "cnn1d_max": _Spec(_cnn1d_max, (16, 2), "Conv1D, MAX_POOL_2D same padding 3/2, REDUCE_MAX (global max)"),
     "mlp_sigmoid_out": _Spec(_mlp_sigmoid_out, (5,), "FC + final LOGISTIC (a sigmoid output layer)"),
     "cnn_prelu": _Spec(_cnn_prelu, (6, 6, 2), "PRELU per channel (conv) and per element (FC)"),
+    "mlp_normalized": _Spec(_mlp_normalized, (4,), "Normalization (SUB, MUL by constants), SUB of two layers"),
 }
 
 

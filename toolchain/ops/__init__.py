@@ -23,12 +23,14 @@ from toolchain.ops.quantize import DequantizeOp, QuantizeOp
 from toolchain.ops.reduce import MeanOp, ReduceMaxOp
 from toolchain.ops.reshape import ReshapeOp
 from toolchain.ops.softmax import SoftmaxOp
+from toolchain.ops.sub import SubOp
 
 _IMPLEMENTATIONS: tuple[Op, ...] = (
     FullyConnectedOp(),
     ConvOp(),
     PoolOp(),
     AddOp(),
+    SubOp(),
     MulOp(),
     ReshapeOp(),
     PadOp(),

@@ -1,7 +1,8 @@
 """ADD, int8 (TFLM micro/kernels/add.cc, add_common.cc; reference_integer_ops/add.h).
 
 Both inputs are offset, shifted left by 20 and rescaled to a shared scale 2 max(s1, s2) with one
-MBQM each, summed, and rescaled to the output with a third MBQM; then zp_out and the clamp.
+MBQM each, summed, and rescaled to the output with a third MBQM; then zp_out and the clamp. SUB
+(ops/sub.py) is the same recipe with the second term subtracted, and shares the lowering here.
 """
 
 from __future__ import annotations
@@ -46,13 +47,18 @@ class Add(OpData):
     act_max: int
 
 
-def add_recipe(x1: np.ndarray, x2: np.ndarray, p: Add, rounding: Rounding) -> np.ndarray:
-    """reference_integer_ops::Add on integer arrays, elementwise."""
-    a = (x1.astype(np.int64) + p.input1_offset) << p.left_shift
-    b = (x2.astype(np.int64) + p.input2_offset) << p.left_shift
-    a = multiply_by_quantized_multiplier(a, p.input1_multiplier, p.input1_shift, rounding)
-    b = multiply_by_quantized_multiplier(b, p.input2_multiplier, p.input2_shift, rounding)
-    y = multiply_by_quantized_multiplier(a + b, p.output_multiplier, p.output_shift, rounding)
+def scaled_input(x: np.ndarray, p: Add, k: int, rounding: Rounding) -> np.ndarray:
+    """Input k (0 or 1) offset, shifted left and rescaled to the shared scale: the kernel's integer."""
+    offset, multiplier, shift = ((p.input1_offset, p.input1_multiplier, p.input1_shift) if k == 0 else
+                                 (p.input2_offset, p.input2_multiplier, p.input2_shift))
+    return multiply_by_quantized_multiplier((x.astype(np.int64) + offset) << p.left_shift, multiplier, shift,
+                                            rounding)
+
+
+def add_recipe(x1: np.ndarray, x2: np.ndarray, p: Add, rounding: Rounding, sign: int = 1) -> np.ndarray:
+    """reference_integer_ops::Add on integer arrays, elementwise (sign -1: reference_ops Sub)."""
+    a, b = scaled_input(x1, p, 0, rounding), scaled_input(x2, p, 1, rounding)
+    y = multiply_by_quantized_multiplier(a + sign * b, p.output_multiplier, p.output_shift, rounding)
     y += p.output_offset
     return np.clip(y, p.act_min, p.act_max).astype(np.int8)
 
@@ -96,37 +102,70 @@ class AddOp(Op):
         return add(x1, x2, p, rounding)
 
     def lower(self, ctx: LowerContext) -> Lowered:
-        """y = a1 x1 + a2 x2 with a_i = s_out M_o 2^20 M_i / s_i (effective scales); noise: the
-        output MBQM's rho plus each input MBQM's rho carried through the output multiplier."""
-        p: Add = ctx.prepared
-        if ctx.input_shape(0) != ctx.input_shape(1) or len(ctx.inputs) != 2:
-            raise QassureError(f"{ctx.name}: broadcasting ADD is not supported by the certify engines")
-        s_out, n = ctx.scale, ctx.size
-        mo = float(effective_scale(p.output_multiplier, p.output_shift))
-        m1 = float(effective_scale(p.input1_multiplier, p.input1_shift))
-        m2 = float(effective_scale(p.input2_multiplier, p.input2_shift))
-        a1 = s_out * mo * (1 << p.left_shift) * m1 / ctx.input_scales[0]
-        a2 = s_out * mo * (1 << p.left_shift) * m2 / ctx.input_scales[1]
-        r1 = float(requant_error_bound(p.input1_shift, ctx.rounding))
-        r2 = float(requant_error_bound(p.input2_shift, ctx.rounding))
-        ro = float(requant_error_bound(p.output_shift, ctx.rounding))
-        eye = sp.identity(n, format="csr")
-        noise = np.full(n, s_out * (ro + mo * (r1 + r2)) * (1 + FP_SLACK))
-        q_lo, q_hi = C.clamp_range(p.act_min, p.act_max, s_out, ctx.zero_point, n)
-        return Lowered((eye, eye), np.zeros(n), ctx.f_lo, ctx.f_hi, (a1 * eye, a2 * eye), np.zeros(n),
-                       noise, q_lo, q_hi)
+        return lower_add(ctx, 1)
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Add) -> None:
-        x, x2, y = (w.graph.tensor(t) for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
-        X, Y = w.ref(op.inputs[0]), w.ref(op.outputs[0])
-        if not (x.size == x2.size == y.size):
-            raise UnsupportedOpError(f"{op.describe()}: broadcasting ({x.shape} with {x2.shape}) is not "
-                                     "supported by emit-c", w.graph.path)
-        X2 = w.ref(op.inputs[1])
-        prm = w.params("qa_add_params", f"op{op.index}_params", {**asdict(p), "size": y.size})
-        w.call(op, f"qa_add(&{prm}, {X}, {X2}, {Y});")
+        emit_binary(w, op, "qa_add_params", {**asdict(p)}, "qa_add")
 
     def multipliers(self, p: Add) -> dict[str, Any]:
         return {"input1": C.mbqm_row(p.input1_multiplier, p.input1_shift),
                 "input2": C.mbqm_row(p.input2_multiplier, p.input2_shift),
                 "output": C.mbqm_row(p.output_multiplier, p.output_shift)}
+
+
+def lower_add(ctx: LowerContext, sign: int) -> Lowered:
+    """ADD (sign 1) or SUB (-1): y = a1 x1 + sign a2 x2 with a_k = s_out M_o 2^20 M_k / s_k (effective
+    scales); noise: the output MBQM's rho plus each input MBQM's rho carried through the output
+    multiplier. A constant operand (a normalisation's mean, a bias) is no node: its rescaled integer is
+    exact (the kernel's own arithmetic on its int8 values, broadcast to the output), so it adds a constant
+    and no rounding term; the float side adds the float graph's constant."""
+    p: Add = ctx.prepared
+    s_out, n = ctx.scale, ctx.size
+    const = [ctx.graph.tensor(t).data for t in ctx.op.inputs[:2]]
+    if sum(c is None for c in const) != len(ctx.inputs):
+        raise QassureError(f"{ctx.name}: an operand that is neither a node nor a constant")
+    shape = ctx.output.shape
+    if any(c is None and ctx.input_shape(k) != shape for k, c in enumerate(const)):
+        raise QassureError(f"{ctx.name}: broadcasting a non-constant operand is not supported by the certify "
+                           "engines")
+    mo = float(effective_scale(p.output_multiplier, p.output_shift))
+    signs = (1.0, float(sign))
+    eye = sp.identity(n, format="csr")
+    A_f, A_q = [], []
+    c_f, c_q = np.zeros(n), np.zeros(n)
+    rounding_terms = float(requant_error_bound(p.output_shift, ctx.rounding))
+    node_scales = iter(ctx.input_scales)
+    for k, c in enumerate(const):
+        m_k, e_k = (p.input1_multiplier, p.input1_shift) if k == 0 else (p.input2_multiplier, p.input2_shift)
+        if c is None:
+            a_k = s_out * mo * (1 << p.left_shift) * float(effective_scale(m_k, e_k)) / next(node_scales)
+            A_f.append(signs[k] * eye)
+            A_q.append(signs[k] * a_k * eye)
+            rounding_terms += mo * float(requant_error_bound(e_k, ctx.rounding))
+        else:
+            q = np.broadcast_to(c, shape).reshape(-1)
+            c_q += signs[k] * s_out * mo * scaled_input(q, p, k, ctx.rounding).astype(np.float64)
+            c_f += signs[k] * np.broadcast_to(C.float_constant(ctx.float_graph, ctx.float_op.inputs[k]),
+                                              shape).reshape(-1)
+    noise = np.full(n, s_out * rounding_terms * (1 + FP_SLACK))
+    q_lo, q_hi = C.clamp_range(p.act_min, p.act_max, s_out, ctx.zero_point, n)
+    return Lowered(tuple(A_f), c_f, ctx.f_lo, ctx.f_hi, tuple(A_q), c_q, noise, q_lo, q_hi)
+
+
+def emit_binary(w: CWriter, op: ir.Operator, ctype: str, fields: dict[str, Any], kernel: str) -> None:
+    """One elementwise int8 kernel call on two operands of the output's size; a constant operand of
+    another shape is emitted broadcast to the output's (a non-constant one is refused)."""
+    y = w.graph.tensor(op.outputs[0])
+    refs = []
+    for k, t in enumerate(op.inputs[:2]):
+        x = w.graph.tensor(t)
+        if x.size == y.size:
+            refs.append(w.ref(t))
+        elif x.is_const and x.data is not None:
+            full = np.broadcast_to(x.data.astype(np.int8), y.shape).reshape(-1)
+            refs.append(w.array(f"op{op.index}_input{k + 1}", "int8_t", full))
+        else:
+            raise UnsupportedOpError(f"{op.describe()}: broadcasting a non-constant operand ({x.shape} to "
+                                     f"{y.shape}) is not supported by emit-c", w.graph.path)
+    prm = w.params(ctype, f"op{op.index}_params", {**fields, "size": y.size})
+    w.call(op, f"{kernel}(&{prm}, {refs[0]}, {refs[1]}, {w.ref(op.outputs[0])});")

@@ -154,6 +154,18 @@ def float_weights(fg: ir.Graph, fo: ir.Operator) -> tuple[np.ndarray, np.ndarray
     return wf, b
 
 
+def float_constant(fg: ir.Graph, t: int) -> np.ndarray:
+    """A constant tensor of the float graph as float64 (dequantized when the graph stores it quantized)."""
+    tensor = fg.tensor(t)
+    if tensor.data is None:
+        raise QassureError(f"float graph: tensor '{tensor.name}' is not constant", fg.path)
+    data = tensor.data.astype(np.float64)
+    if tensor.dtype != "float32" and tensor.quant is not None:
+        scale, zp = tensor.quant.scalar()
+        data = (data - zp) * scale
+    return data
+
+
 def selection(n_out: int, n_in: int, out_index: np.ndarray) -> sp.csr_matrix:
     """Matrix copying input element j to output element out_index[j] (others zero)."""
     return sp.csr_matrix((np.ones(n_in), (out_index, np.arange(n_in))), shape=(n_out, n_in))

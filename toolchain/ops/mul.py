@@ -1,7 +1,8 @@
 """MUL, int8 (TFLM micro/kernels/mul.cc, mul_common.cc; reference_integer_ops/mul.h).
 
-(x1 + off1) (x2 + off2), one MBQM by s1 s2 / s_out, zp_out, clamp. Not lowered: the product of two
-activations is not affine, so the certify engines do not take it.
+(x1 + off1) (x2 + off2), one MBQM by s1 s2 / s_out, zp_out, clamp. Lowered where one operand is a
+constant (a normalisation's scale): then the op is affine in the other; the product of two activations
+is not, and the certify engines refuse it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-from toolchain.arith import Rounding, multiply_by_quantized_multiplier, quantize_multiplier
-from toolchain.errors import UnsupportedOpError
+from toolchain.arith import (
+    Rounding,
+    effective_scale,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    requant_error_bound,
+)
+from toolchain.errors import QassureError
+from toolchain.margins import FP_SLACK
 from toolchain.ops import common as C
 from toolchain.ops import kernels as K
-from toolchain.ops.base import CWriter, Op, OpData
+from toolchain.ops.add import emit_binary
+from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
 from toolchain.tflite import ir
 
 
@@ -72,15 +82,32 @@ class MulOp(Op):
         assert x1 is not None and x2 is not None
         return mul(x1, x2, p, rounding)
 
+    def lower(self, ctx: LowerContext) -> Lowered:
+        """With one constant operand c: y = c_f x on the float side; on the int8 side
+        u = s_out M 2^(e-31) (c_q + off_c) x̂ / s_x + eps (x̂ = s_x (x + off_x)), one MBQM rounding."""
+        p: Mul = ctx.prepared
+        const = [ctx.graph.tensor(t).data for t in ctx.op.inputs[:2]]
+        if len(ctx.inputs) != 1 or sum(c is not None for c in const) != 1:
+            raise QassureError(f"{ctx.name}: MUL of two activations is not supported by the certify engines")
+        k = 0 if const[0] is not None else 1
+        values = const[k]
+        assert values is not None
+        if ctx.input_shape(1 - k) != ctx.output.shape:
+            raise QassureError(f"{ctx.name}: broadcasting a non-constant operand is not supported by the "
+                               "certify engines")
+        s_out, n, shape = ctx.scale, ctx.size, ctx.output.shape
+        offset = p.input1_offset if k == 0 else p.input2_offset
+        c_q = np.broadcast_to(values, shape).reshape(-1).astype(np.float64) + offset
+        c_f = np.broadcast_to(C.float_constant(ctx.float_graph, ctx.float_op.inputs[k]), shape).reshape(-1)
+        m = float(effective_scale(p.output_multiplier, p.output_shift))
+        noise = np.full(n, s_out * float(requant_error_bound(p.output_shift, ctx.rounding)) * (1 + FP_SLACK))
+        q_lo, q_hi = C.clamp_range(p.act_min, p.act_max, s_out, ctx.zero_point, n)
+        A_q = sp.diags(s_out * m * c_q / ctx.input_scales[0]).tocsr()
+        return Lowered((sp.diags(c_f).tocsr(),), np.zeros(n), ctx.f_lo, ctx.f_hi, (A_q,), np.zeros(n), noise,
+                       q_lo, q_hi)
+
     def emit_c(self, w: CWriter, op: ir.Operator, p: Mul) -> None:
-        x, x2, y = (w.graph.tensor(t) for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
-        X, Y = w.ref(op.inputs[0]), w.ref(op.outputs[0])
-        if not (x.size == x2.size == y.size):
-            raise UnsupportedOpError(f"{op.describe()}: broadcasting ({x.shape} with {x2.shape}) is not "
-                                     "supported by emit-c", w.graph.path)
-        X2 = w.ref(op.inputs[1])
-        prm = w.params("qa_mul_params", f"op{op.index}_params", {**asdict(p), "size": y.size})
-        w.call(op, f"qa_mul(&{prm}, {X}, {X2}, {Y});")
+        emit_binary(w, op, "qa_mul_params", asdict(p), "qa_mul")
 
     def multipliers(self, p: Mul) -> dict[str, Any]:
         return {"output": C.mbqm_row(p.output_multiplier, p.output_shift)}

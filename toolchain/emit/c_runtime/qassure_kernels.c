@@ -262,6 +262,19 @@ void qa_add(const qa_add_params *p, const int8_t *input1, const int8_t *input2, 
     }
 }
 
+void qa_sub(const qa_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output)
+{
+    for (int32_t i = 0; i < p->size; ++i) {
+        const int32_t v1 = qa_shl32((int32_t)input1[i] + p->input1_offset, p->left_shift);
+        const int32_t v2 = qa_shl32((int32_t)input2[i] + p->input2_offset, p->left_shift);
+        const int32_t s1 = qa_multiply_by_quantized_multiplier_smaller_than_one_exp(v1, p->input1_multiplier, p->input1_shift);
+        const int32_t s2 = qa_multiply_by_quantized_multiplier_smaller_than_one_exp(v2, p->input2_multiplier, p->input2_shift);
+        const int32_t raw = qa_multiply_by_quantized_multiplier_smaller_than_one_exp(s1 - s2, p->output_multiplier,
+                                                                                   p->output_shift) + p->output_offset;
+        output[i] = (int8_t)qa_clamp32(raw, p->act_min, p->act_max);
+    }
+}
+
 /* ===================================================================================
  * MUL: reference_integer_ops::MulElementwise (int8):
  * output_offset + MultiplyByQuantizedMultiplier((q1 + off1) * (q2 + off2), M, shift).

@@ -114,6 +114,8 @@ typedef struct {
 } qa_add_params;
 
 void qa_add(const qa_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
+/* SUB: the same parameters (sub_common.cc computes them in float), the second term subtracted. */
+void qa_sub(const qa_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 
 typedef struct {
     int32_t input1_offset, input2_offset;
