@@ -120,6 +120,9 @@ def test_config_tflite_pair_balls_and_options(tmp_path: Path) -> None:
         check_region(cfg, 3, 5)
     with pytest.raises(ConfigError, match="region.around.data.*3 values.*640 inputs"):
         check_region(cfg, 640)
+    one = load_config(_write(tmp_path, text.replace("[0.1, 0.2]", "0.1")))
+    with pytest.raises(ConfigError, match="decision.*top1 compares classes.*one output"):
+        check_region(one, 3, 1)  # a sigmoid score: top1 would hold trivially
     rep = representative_samples(cfg, (3,))
     assert rep.shape == (32, 3) and np.all(np.abs(rep) <= 0.05 + 1e-6)
 

@@ -329,6 +329,9 @@ def check_region(config: Config, input_size: int, output_size: int | None = None
     if output_size is not None and len(config.max_abs_error) not in (1, output_size):
         raise ConfigError(f"key 'budget.max_abs_error': {len(config.max_abs_error)} values, but the model "
                           f"has {output_size} outputs", config.path)
+    if output_size is not None and config.decision == "top1" and output_size < 2:
+        # One output (a sigmoid score): there is no other class to compare, and its decision is a threshold.
+        raise ConfigError("key 'decision': top1 compares classes, but the model has one output", config.path)
 
 
 def _representative_file(config: Config, path: Path) -> np.ndarray:
