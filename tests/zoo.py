@@ -172,6 +172,14 @@ def _mlp_normalized(k: Any) -> Any:
     return k.Model(inp, L.Dense(2)(x))
 
 
+def _mlp_residual(k: Any) -> Any:
+    L = k.layers
+    x = inp = k.Input((5,))
+    h = L.Dense(6, activation="relu")(x)
+    h = L.Add()([h, L.Dense(6)(h)])  # the converter reshapes one operand to (6,): ADD of (1, 6) and (6,)
+    return k.Model(inp, L.Dense(2)(h))
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -239,6 +247,7 @@ _SPECS: dict[str, _Spec] = {
     "mlp_sigmoid_out": _Spec(_mlp_sigmoid_out, (5,), "FC + final LOGISTIC (a sigmoid output layer)"),
     "cnn_prelu": _Spec(_cnn_prelu, (6, 6, 2), "PRELU per channel (conv) and per element (FC)"),
     "mlp_normalized": _Spec(_mlp_normalized, (4,), "Normalization (SUB, MUL by constants), SUB of two layers"),
+    "mlp_residual": _Spec(_mlp_residual, (5,), "ADD of two layers of shapes (1, 6) and (6,)"),
 }
 
 

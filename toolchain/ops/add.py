@@ -99,7 +99,7 @@ class AddOp(Op):
                 rounding: Rounding) -> np.ndarray:
         x1, x2 = inputs[0], inputs[1]
         assert x1 is not None and x2 is not None
-        return add(x1, x2, p, rounding)
+        return add(K.aligned(x1, out_shape), K.aligned(x2, out_shape), p, rounding).reshape((-1,) + out_shape)
 
     def lower(self, ctx: LowerContext) -> Lowered:
         return lower_add(ctx, 1)
@@ -125,7 +125,7 @@ def lower_add(ctx: LowerContext, sign: int) -> Lowered:
     if sum(c is None for c in const) != len(ctx.inputs):
         raise QassureError(f"{ctx.name}: an operand that is neither a node nor a constant")
     shape = ctx.output.shape
-    if any(c is None and ctx.input_shape(k) != shape for k, c in enumerate(const)):
+    if any(c is None and int(np.prod(ctx.input_shape(k))) != n for k, c in enumerate(const)):
         raise QassureError(f"{ctx.name}: broadcasting a non-constant operand is not supported by the certify "
                            "engines")
     mo = float(effective_scale(p.output_multiplier, p.output_shift))

@@ -109,6 +109,14 @@ def need(kh, kw, stride, dilation, out_hw) -> tuple[int, int]:
             (out_hw[1] - 1) * stride[1] + (kw - 1) * dilation[1] + 1)
 
 
+def aligned(x: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+    """A batched operand (B, *shape) with its tensor shape right-aligned to the output's rank (ones inserted
+    after the batch axis), so that numpy broadcasts the tensor axes as TFLite does and the batch axis
+    with the batch axis (the tensor (8,) beside (1, 8): (B, 8) -> (B, 1, 8))."""
+    missing = len(out_shape) - (x.ndim - 1)
+    return x.reshape((x.shape[0],) + (1,) * missing + x.shape[1:]) if missing > 0 else x
+
+
 def all_int8(*xs) -> bool:
     """Tables index by the int8 bit pattern; other integer arrays take the plain recipe."""
     return all(isinstance(x, np.ndarray) and x.dtype == np.int8 for x in xs)

@@ -80,7 +80,7 @@ class MulOp(Op):
                 rounding: Rounding) -> np.ndarray:
         x1, x2 = inputs[0], inputs[1]
         assert x1 is not None and x2 is not None
-        return mul(x1, x2, p, rounding)
+        return mul(K.aligned(x1, out_shape), K.aligned(x2, out_shape), p, rounding).reshape((-1,) + out_shape)
 
     def lower(self, ctx: LowerContext) -> Lowered:
         """With one constant operand c: y = c_f x on the float side; on the int8 side
@@ -92,7 +92,7 @@ class MulOp(Op):
         k = 0 if const[0] is not None else 1
         values = const[k]
         assert values is not None
-        if ctx.input_shape(1 - k) != ctx.output.shape:
+        if int(np.prod(ctx.input_shape(1 - k))) != ctx.size:
             raise QassureError(f"{ctx.name}: broadcasting a non-constant operand is not supported by the "
                                "certify engines")
         s_out, n, shape = ctx.scale, ctx.size, ctx.output.shape

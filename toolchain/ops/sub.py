@@ -57,7 +57,7 @@ class SubOp(Op):
                 rounding: Rounding) -> np.ndarray:
         x1, x2 = inputs[0], inputs[1]
         assert x1 is not None and x2 is not None
-        return sub(x1, x2, p, rounding)
+        return sub(K.aligned(x1, out_shape), K.aligned(x2, out_shape), p, rounding).reshape((-1,) + out_shape)
 
     def lower(self, ctx: LowerContext) -> Lowered:
         return lower_add(ctx, -1)
