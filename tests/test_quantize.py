@@ -448,3 +448,16 @@ def test_pump_classifier_converts_and_samples_lie_in_box(tmp_path: Path) -> None
     assert samples.shape[1:] == (8,) and samples.min() >= -1.0 and samples.max() <= 1.0
     result = qz.quantize(REPO / "configs" / "models" / "pump_classifier.keras", samples, tmp_path)
     assert result.input_shape == (1, 8) and result.keras_vs_float_max_abs < 1e-4
+
+
+@pytest.mark.tf
+def test_recurrent_layers_are_refused_before_the_converter(tmp_path: Path) -> None:
+    """TF's int8 conversion of a GRU dies with a segmentation fault (exit 139, no message): a recurrent
+    layer is one line naming it, before the converter runs."""
+    from toolchain.errors import ModelError
+
+    keras = qz._keras()
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(4), keras.layers.Dense(2)])
+    rep = np.zeros((4, 5, 3), dtype=np.float32)
+    with pytest.raises(ModelError, match=r"layer 'gru.*' \(GRU\): recurrent layers are not supported"):
+        qz.quantize_keras_model(model, rep, tmp_path, source=tmp_path / "m.keras")

@@ -263,6 +263,7 @@ def _flat_layers(model: Any) -> list[Any]:
 
 
 _ALWAYS_KEPT = {"name", "trainable", "dtype", "input_shape"}
+_RECURRENT = {"GRU", "LSTM", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"}
 
 
 def _sanitise(node: Any, keras: Any) -> Any:
@@ -414,6 +415,12 @@ def quantize_keras_model(model: Any, representative: np.ndarray, out_dir: Path, 
     `source` only names the model in error messages.
     """
     label = source if source is not None else getattr(model, "name", "model")
+    for layer in _flat_layers(model) if hasattr(model, "layers") else []:
+        if type(layer).__name__ in _RECURRENT:
+            # Refused before the converter: TF 2.21's int8 conversion of a GRU dies with a segmentation
+            # fault (no message, exit 139), and the ops a recurrent layer becomes are not executed here.
+            raise ModelError(f"layer '{layer.name}' ({type(layer).__name__}): recurrent layers are not "
+                             "supported", label)
     rep = np.asarray(representative, dtype=np.float32)
     if rep.ndim < 2 or rep.shape[0] == 0:
         raise ModelError(f"representative data must have shape (N, ...) with N ≥ 1, got {rep.shape}", label)
