@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -63,17 +63,26 @@ def add_recipe(x1: np.ndarray, x2: np.ndarray, p: Add, rounding: Rounding, sign:
     return np.clip(y, p.act_min, p.act_max).astype(np.int8)
 
 
-def add(x1: np.ndarray, x2: np.ndarray, p: Add, rounding: Rounding) -> np.ndarray:
-    """reference_integer_ops::Add: offsets, << left_shift, rescale each input, sum, rescale out.
-    Every parameter is per tensor, so the output is a function of (x1, x2): tabulated once."""
+def add(x1: np.ndarray, x2: np.ndarray, p: Add, rounding: Rounding, sign: int = 1) -> np.ndarray:
+    """reference_integer_ops::Add (sign -1: Sub): offsets, << left_shift, rescale each input, sum, rescale
+    out. Every parameter is per tensor, so the output is a function of (x1, x2): tabulated once."""
     if not K.all_int8(x1, x2):
-        return add_recipe(x1, x2, p, rounding)
-    table = p.constants.get(rounding, lambda: K.pair_table(lambda a, b: add_recipe(a, b, p, rounding)))
+        return add_recipe(x1, x2, p, rounding, sign)
+    table = p.constants.get(rounding, lambda: K.pair_table(lambda a, b: add_recipe(a, b, p, rounding, sign)))
     return K.lookup_pair(table, x1, x2)
 
 
 class AddOp(Op):
     names = ("ADD",)
+    sign: ClassVar[int] = 1  # SUB (ops/sub.py): -1
+    kernel: ClassVar[str] = "qa_add"
+
+    @staticmethod
+    def real_multipliers(s1: float, s2: float, s_out: float, left_shift: int) -> tuple[float, float, float]:
+        """add_common.cc: twice the larger float scale, widened to double; the three ratios in double."""
+        twice_max = 2 * np.float64(max(np.float32(s1), np.float32(s2)))
+        return (float(np.float64(s1) / twice_max), float(np.float64(s2) / twice_max),
+                float(twice_max / ((1 << left_shift) * np.float64(s_out))))
 
     def parse_options(self, name: str, options: Any, position: int, where: object) -> ir.OpOptions:
         if options is None:
@@ -87,11 +96,8 @@ class AddOp(Op):
         s2, z2 = C.scalar_quant(graph, op, op.inputs[1])
         s_out, zp_out = C.scalar_quant(graph, op, op.outputs[0])
         left_shift = 20
-        # add_common.cc: max of the two float scales, widened to double, times 2.
-        twice_max = 2 * np.float64(max(np.float32(s1), np.float32(s2)))
-        m1, e1 = quantize_multiplier(float(np.float64(s1) / twice_max), rounding)
-        m2, e2 = quantize_multiplier(float(np.float64(s2) / twice_max), rounding)
-        mo, eo = quantize_multiplier(float(twice_max / ((1 << left_shift) * np.float64(s_out))), rounding)
+        (m1, e1), (m2, e2), (mo, eo) = (quantize_multiplier(r, rounding)
+                                        for r in self.real_multipliers(s1, s2, s_out, left_shift))
         act_min, act_max = C.activation_range(o.activation, s_out, zp_out)
         return Add(left_shift, -z1, -z2, m1, e1, m2, e2, mo, eo, zp_out, act_min, act_max)
 
@@ -99,13 +105,14 @@ class AddOp(Op):
                 rounding: Rounding) -> np.ndarray:
         x1, x2 = inputs[0], inputs[1]
         assert x1 is not None and x2 is not None
-        return add(K.aligned(x1, out_shape), K.aligned(x2, out_shape), p, rounding).reshape((-1,) + out_shape)
+        y = add(K.aligned(x1, out_shape), K.aligned(x2, out_shape), p, rounding, self.sign)
+        return y.reshape((-1,) + out_shape)
 
     def lower(self, ctx: LowerContext) -> Lowered:
-        return lower_add(ctx, 1)
+        return lower_add(ctx, self.sign)
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Add) -> None:
-        emit_binary(w, op, "qa_add_params", {**asdict(p)}, "qa_add")
+        emit_binary(w, op, "qa_add_params", asdict(p), self.kernel)
 
     def multipliers(self, p: Add) -> dict[str, Any]:
         return {"input1": C.mbqm_row(p.input1_multiplier, p.input1_shift),
