@@ -80,26 +80,14 @@ class LeakyReluOp(Op):
         return K.lookup(p.table, x)
 
     def lower(self, ctx: LowerContext) -> Lowered:
-        """y = alpha x + (1 - alpha) relu(x) on the float side; on the int8 side the device applies one of
-        two multipliers by the sign of x, so u = a_alpha x̂ + (a_identity - a_alpha) relu(x̂) + eps with one
-        MBQM rounding (a = s_out M 2^(e-31) / s_in). relu(x̂) is an auxiliary node on x̂'s grid (exact: the
-        input's own int8 values, no rounding)."""
+        """two_slopes with the options' alpha and the device's two multipliers."""
         p: LeakyRelu = ctx.prepared
         alpha = float(np.float32(C.options(ctx.float_graph, ctx.float_op, ir.LeakyReluOptions).alpha))
-        n, s_in, s_out = ctx.size, ctx.input_scales[0], ctx.scale
-        eye = sp.identity(n, format="csr")
-        zeros = np.zeros(n)
-        relu = Lowered((eye,), zeros, zeros, np.full(n, np.inf), (eye,), zeros, zeros, zeros,
-                       np.full(n, 255.0 * s_in), inputs=ctx.inputs, grid=s_in)
-        a_id, a_alpha = (float(s_out * effective_scale(m, e) / s_in) for m, e in
-                         ((p.multiplier_identity, p.shift_identity), (p.multiplier_alpha, p.shift_alpha)))
-        rho = max(float(requant_error_bound(p.shift_identity, ctx.rounding)),
-                  float(requant_error_bound(p.shift_alpha, ctx.rounding)))
-        q_lo, q_hi = C.clamp_range(-128, 127, s_out, ctx.zero_point, n)
-        noise = np.full(n, s_out * rho * (1 + FP_SLACK))
-        return Lowered((alpha * eye, (1.0 - alpha) * eye), zeros, np.full(n, -np.inf), np.full(n, np.inf),
-                       (a_alpha * eye, (a_id - a_alpha) * eye), zeros, noise, q_lo, q_hi,
-                       inputs=(ctx.inputs[0], ctx.next_node), aux=(relu,))
+        n = ctx.size
+        return two_slopes(ctx, np.full(n, alpha), np.full(n, float(effective_scale(p.multiplier_identity,
+                                                                                  p.shift_identity))),
+                          np.full(n, float(effective_scale(p.multiplier_alpha, p.shift_alpha))),
+                          (p.shift_identity, p.shift_alpha))
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: LeakyRelu) -> None:
         """The kernel's output for each of the 256 int8 inputs, as a table (the executor's own values)."""
@@ -111,3 +99,24 @@ class LeakyReluOp(Op):
     def multipliers(self, p: LeakyRelu) -> dict[str, Any]:
         return {"identity": C.mbqm_row(p.multiplier_identity, p.shift_identity),
                 "alpha": C.mbqm_row(p.multiplier_alpha, p.shift_alpha)}
+
+
+def two_slopes(ctx: LowerContext, alpha: np.ndarray, positive: np.ndarray, negative: np.ndarray,
+               shifts: tuple[int, int]) -> Lowered:
+    """A leaky ReLU's nodes (LEAKY_RELU, PRELU), per element: y = alpha x + (1 - alpha) relu(x) on the float
+    side; on the int8 side the device applies one of two real factors by the sign of x (`positive`,
+    `negative`: what MBQM multiplies x - zp_in by), so u = b_n x̂ + (b_p - b_n) relu(x̂) + eps with
+    b = s_out factor / s_in and one MBQM rounding (the worse of the two `shifts`). relu(x̂) is an auxiliary
+    node on x̂'s grid: the input's own int8 values, no rounding."""
+    n, s_in, s_out = ctx.size, ctx.input_scales[0], ctx.scale
+    eye = sp.identity(n, format="csr")
+    zeros = np.zeros(n)
+    relu = Lowered((eye,), zeros, zeros, np.full(n, np.inf), (eye,), zeros, zeros, zeros,
+                   np.full(n, 255.0 * s_in), inputs=ctx.inputs, grid=s_in)
+    b_p, b_n = s_out * positive / s_in, s_out * negative / s_in
+    rho = max(float(requant_error_bound(e, ctx.rounding)) for e in shifts)
+    q_lo, q_hi = C.clamp_range(-128, 127, s_out, ctx.zero_point, n)
+    return Lowered((sp.diags(alpha).tocsr(), sp.diags(1.0 - alpha).tocsr()), zeros, np.full(n, -np.inf),
+                   np.full(n, np.inf), (sp.diags(b_n).tocsr(), sp.diags(b_p - b_n).tocsr()), zeros,
+                   np.full(n, s_out * rho * (1 + FP_SLACK)), q_lo, q_hi,
+                   inputs=(ctx.inputs[0], ctx.next_node), aux=(relu,))

@@ -12,19 +12,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from toolchain.arith import (
     Rounding,
     effective_scale,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
-    requant_error_bound,
 )
-from toolchain.errors import QassureError, UnsupportedOpError
-from toolchain.margins import FP_SLACK
+from toolchain.errors import UnsupportedOpError
 from toolchain.ops import common as C
 from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
+from toolchain.ops.leaky_relu import two_slopes
 from toolchain.tflite import ir
 
 
@@ -82,34 +80,15 @@ class PreluOp(Op):
         return prelu(x, p, rounding)
 
     def lower(self, ctx: LowerContext) -> Lowered:
-        """As LEAKY_RELU with a slope per element: y = a x + (1 - a) relu(x) with the float alpha a; on the
-        int8 side u = b_2 x̂ + (b_1 - b_2) relu(x̂) + eps, b_1 = s_out M_1 2^(e_1-31) / s_in and
-        b_2 = s_out M_2 2^(e_2-31) (alpha_q - zp_alpha) / s_in, one MBQM rounding. relu(x̂) is an auxiliary
-        node on x̂'s grid."""
+        """leaky_relu.two_slopes with a slope per element: the float graph's alpha, and on the int8 side
+        M_1 2^(e_1-31) above zero, M_2 2^(e_2-31) (alpha_q - zp_alpha) below."""
         p: Prelu = ctx.prepared
-        n, s_in, s_out = ctx.size, ctx.input_scales[0], ctx.scale
-        fa = ctx.float_graph.tensor(ctx.float_op.inputs[1])
-        if fa.data is None:
-            raise QassureError(f"float graph {ctx.float_op.describe()}: non-constant alpha",
-                               ctx.float_graph.path)
-        a = fa.data.astype(np.float64)
-        if fa.dtype != "float32" and fa.quant is not None:  # a weight-only quantized float graph
-            scale, zp = fa.quant.scalar()
-            a = (a - zp) * scale
-        a = np.broadcast_to(a, ctx.input_shape(0)).ravel()  # the input's shape holds its batch of 1
-        b1 = float(s_out * effective_scale(p.multiplier_1, p.shift_1) / s_in)
-        b2 = s_out * float(effective_scale(p.multiplier_2, p.shift_2)) / s_in \
-            * (p.alpha.astype(np.float64).ravel() + p.alpha_offset)
-        eye = sp.identity(n, format="csr")
-        zeros = np.zeros(n)
-        relu = Lowered((eye,), zeros, zeros, np.full(n, np.inf), (eye,), zeros, zeros, zeros,
-                       np.full(n, 255.0 * s_in), inputs=ctx.inputs, grid=s_in)
-        rho = max(float(requant_error_bound(e, ctx.rounding)) for e in (p.shift_1, p.shift_2))
-        q_lo, q_hi = C.clamp_range(-128, 127, s_out, ctx.zero_point, n)
-        return Lowered((sp.diags(a).tocsr(), sp.diags(1.0 - a).tocsr()), zeros, np.full(n, -np.inf),
-                       np.full(n, np.inf), (sp.diags(b2).tocsr(), sp.diags(b1 - b2).tocsr()), zeros,
-                       np.full(n, s_out * rho * (1 + FP_SLACK)), q_lo, q_hi,
-                       inputs=(ctx.inputs[0], ctx.next_node), aux=(relu,))
+        alpha = np.broadcast_to(C.float_constant(ctx.float_graph, ctx.float_op.inputs[1]),
+                                ctx.input_shape(0)).ravel()  # the input's shape holds its batch of 1
+        negative = float(effective_scale(p.multiplier_2, p.shift_2)) * (p.alpha.astype(np.float64).ravel()
+                                                                         + p.alpha_offset)
+        positive = np.full(ctx.size, float(effective_scale(p.multiplier_1, p.shift_1)))
+        return two_slopes(ctx, alpha, positive, negative, (p.shift_1, p.shift_2))
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Prelu) -> None:
         size = w.graph.tensor(op.outputs[0]).size
