@@ -31,7 +31,7 @@ from toolchain import quantize as qz
 ZOO_OPS = frozenset({
     "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL",
     "RESHAPE", "PAD", "CONCATENATION", "MEAN", "SOFTMAX", "LOGISTIC", "TANH", "LEAKY_RELU",
-    "REDUCE_MAX", "PRELU", "SUB",
+    "REDUCE_MAX", "PRELU", "SUB", "TRANSPOSE",
 })
 N_CALIBRATION = 64
 
@@ -180,6 +180,14 @@ def _mlp_residual(k: Any) -> Any:
     return k.Model(inp, L.Dense(2)(h))
 
 
+def _cnn1d_permuted(k: Any) -> Any:
+    L = k.layers
+    x = inp = k.Input((5, 8))  # (channels, time), as some feature pipelines deliver it
+    x = L.Permute((2, 1))(x)  # TRANSPOSE to (time, channels)
+    x = L.Conv1D(4, 3, activation="relu")(x)
+    return k.Model(inp, L.Dense(2)(L.Flatten()(x)))
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -248,6 +256,7 @@ _SPECS: dict[str, _Spec] = {
     "cnn_prelu": _Spec(_cnn_prelu, (6, 6, 2), "PRELU per channel (conv) and per element (FC)"),
     "mlp_normalized": _Spec(_mlp_normalized, (4,), "Normalization (SUB, MUL by constants), SUB of two layers"),
     "mlp_residual": _Spec(_mlp_residual, (5,), "ADD of two layers of shapes (1, 6) and (6,)"),
+    "cnn1d_permuted": _Spec(_cnn1d_permuted, (5, 8), "TRANSPOSE (Keras Permute) before a Conv1D"),
 }
 
 

@@ -24,6 +24,7 @@ from toolchain.ops.reduce import MeanOp, ReduceMaxOp
 from toolchain.ops.reshape import ReshapeOp
 from toolchain.ops.softmax import SoftmaxOp
 from toolchain.ops.sub import SubOp
+from toolchain.ops.transpose import TransposeOp
 
 _IMPLEMENTATIONS: tuple[Op, ...] = (
     FullyConnectedOp(),
@@ -33,6 +34,7 @@ _IMPLEMENTATIONS: tuple[Op, ...] = (
     SubOp(),
     MulOp(),
     ReshapeOp(),
+    TransposeOp(),
     PadOp(),
     ConcatenationOp(),
     MeanOp(),

@@ -365,6 +365,26 @@ void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output)
 }
 
 /* ===================================================================================
+ * TRANSPOSE: reference_ops::Transpose (values copied in the permuted order).
+ * =================================================================================== */
+void qa_transpose(const qa_transpose_params *p, const int8_t *input, int8_t *output)
+{
+    int32_t stride[4], out_dims[4], step[4];
+    stride[3] = 1;
+    for (int k = 2; k >= 0; --k) stride[k] = stride[k + 1] * p->input_dims[k + 1];
+    for (int k = 0; k < 4; ++k) {
+        out_dims[k] = p->input_dims[p->perm[k]];
+        step[k] = stride[p->perm[k]];
+    }
+    int32_t o = 0;
+    for (int32_t a0 = 0; a0 < out_dims[0]; ++a0)
+        for (int32_t a1 = 0; a1 < out_dims[1]; ++a1)
+            for (int32_t a2 = 0; a2 < out_dims[2]; ++a2)
+                for (int32_t a3 = 0; a3 < out_dims[3]; ++a3, ++o)
+                    output[o] = input[a0 * step[0] + a1 * step[1] + a2 * step[2] + a3 * step[3]];
+}
+
+/* ===================================================================================
  * PRELU: reference_ops::BroadcastPrelu4DSlow, alpha already broadcast to the input's shape.
  * =================================================================================== */
 void qa_prelu(const qa_prelu_params *p, const int8_t *input, const int8_t *alpha, int8_t *output)

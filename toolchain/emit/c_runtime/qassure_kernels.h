@@ -160,6 +160,14 @@ typedef struct {
 /* Output: the kept axes in row-major order (keep_dims only changes the shape). */
 void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output);
 
+/* ---- TRANSPOSE (rank <= 4, dims right-aligned, leading 1s; perm extended to match) -------- */
+typedef struct {
+    int32_t input_dims[4];
+    int32_t perm[4];          /* output axis a is input axis perm[a] */
+} qa_transpose_params;
+
+void qa_transpose(const qa_transpose_params *p, const int8_t *input, int8_t *output);
+
 /* ---- PRELU (alpha broadcast to the input's shape by the generator) ------------------------ */
 typedef struct {
     int32_t input_offset;     /* -input zero point */
