@@ -135,6 +135,15 @@ class Lowered:
     aux: tuple[Lowered, ...] = ()
     grid: float | None = None  # an auxiliary node's grid step (of its ŷ), when not the op's output scale
 
+    @staticmethod
+    def rearrangement(mats: tuple[Matrix, ...], inputs: tuple[int, ...] | None = None) -> Lowered:
+        """An op that only moves values (PAD, CONCATENATION, TRANSPOSE): the same selection matrices on
+        both sides, exact (no rounding, no clamp)."""
+        n = mats[0].shape[0]
+        inf = np.full(n, np.inf)
+        return Lowered(mats, np.zeros(n), -inf, inf, mats, np.zeros(n), np.zeros(n), -inf, inf,
+                       linear_only=True, inputs=inputs)
+
 
 class CWriter(Protocol):
     """What `Op.emit_c` may use of the C code generator (toolchain.emit.c_codegen.Writer)."""

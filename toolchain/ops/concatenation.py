@@ -64,9 +64,7 @@ class ConcatenationOp(Op):
             moved = tuple(idx[a] + (offset if a == p.axis else 0) for a in range(len(shp)))
             mats.append(C.selection(n, int(np.prod(shp)), np.ravel_multi_index(moved, out_shape).ravel()))
             offset += shp[p.axis]
-        inf = np.full(n, np.inf)
-        return Lowered(tuple(mats), np.zeros(n), -inf, inf, tuple(mats), np.zeros(n), np.zeros(n), -inf, inf,
-                       linear_only=True)
+        return Lowered.rearrangement(tuple(mats))
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Concatenation) -> None:
         name = f"op{op.index}"

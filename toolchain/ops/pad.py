@@ -52,10 +52,7 @@ class PadOp(Op):
         idx = np.indices(in_shape)
         shifted = tuple(idx[a] + p.paddings[a][0] for a in range(len(in_shape)))
         out_index = np.ravel_multi_index(shifted, ctx.output.shape).ravel()
-        S = C.selection(n, int(np.prod(in_shape)), out_index)
-        inf = np.full(n, np.inf)
-        return Lowered((S,), np.zeros(n), -inf, inf, (S,), np.zeros(n), np.zeros(n), -inf, inf,
-                       linear_only=True, inputs=ctx.inputs[:1])
+        return Lowered.rearrangement((C.selection(n, int(np.prod(in_shape)), out_index),), ctx.inputs[:1])
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Pad) -> None:
         x = w.graph.tensor(op.inputs[0])

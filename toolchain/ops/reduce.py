@@ -43,6 +43,11 @@ class Mean(OpData):
     output_offset: int
 
 
+def _reducer_options(options: Any) -> ir.ReducerOptions:
+    """ReducerOptions (MEAN, REDUCE_MAX): keep_dims only changes the output's shape."""
+    return ir.ReducerOptions(bool(options.keepDims) if options is not None else False)
+
+
 def _axes(graph: ir.Graph, op: ir.Operator) -> tuple[int, ...]:
     """The reduced axes (second input, constant) of the input tensor's own shape, sorted."""
     x = graph.tensor(op.inputs[0])
@@ -72,7 +77,7 @@ class MeanOp(Op):
     names = ("MEAN",)
 
     def parse_options(self, name: str, options: Any, position: int, where: object) -> ir.OpOptions:
-        return ir.ReducerOptions(bool(options.keepDims) if options is not None else False)
+        return _reducer_options(options)
 
     def prepare(self, graph: ir.Graph, op: ir.Operator, rounding: Rounding) -> Mean:
         o = C.options(graph, op, ir.ReducerOptions)
@@ -136,7 +141,7 @@ class ReduceMaxOp(Op):
     names = ("REDUCE_MAX",)
 
     def parse_options(self, name: str, options: Any, position: int, where: object) -> ir.OpOptions:
-        return ir.ReducerOptions(bool(options.keepDims) if options is not None else False)
+        return _reducer_options(options)
 
     def prepare(self, graph: ir.Graph, op: ir.Operator, rounding: Rounding) -> ReduceMax:
         o = C.options(graph, op, ir.ReducerOptions)

@@ -53,10 +53,7 @@ class TransposeOp(Op):
                                "certify engines")
         in_shape, n = ctx.input_shape(0), ctx.size
         source = np.arange(n).reshape(in_shape).transpose(p.perm).ravel()  # output i reads input source[i]
-        S = C.selection(n, n, np.argsort(source))
-        inf = np.full(n, np.inf)
-        return Lowered((S,), np.zeros(n), -inf, inf, (S,), np.zeros(n), np.zeros(n), -inf, inf,
-                       linear_only=True, inputs=ctx.inputs[:1])
+        return Lowered.rearrangement((C.selection(n, n, np.argsort(source)),), ctx.inputs[:1])
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Transpose) -> None:
         x = w.graph.tensor(op.inputs[0])

@@ -331,6 +331,18 @@ void qa_concatenation(const qa_concat_params *p, const int8_t *const *inputs, in
     }
 }
 
+/* Strides of a 4-D tensor and, per axis, how many steps the kept (outer) and reduced (inner) loops take. */
+static void qa_reduce_layout(const int32_t dims[4], const int32_t reduced[4], int32_t stride[4], int32_t outer[4],
+                             int32_t inner[4])
+{
+    stride[3] = 1;
+    for (int k = 2; k >= 0; --k) stride[k] = stride[k + 1] * dims[k + 1];
+    for (int k = 0; k < 4; ++k) {
+        outer[k] = reduced[k] ? 1 : dims[k];
+        inner[k] = reduced[k] ? dims[k] : 1;
+    }
+}
+
 /* ===================================================================================
  * MEAN: reference_ops::QuantizedMeanOrSum (TFLM reduce_common.cc for int8 MEAN): int32
  * sum over the reduced axes, minus input_zero_point * count, ONE MultiplyByQuantizedMultiplier
@@ -340,12 +352,7 @@ void qa_concatenation(const qa_concat_params *p, const int8_t *const *inputs, in
 void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output)
 {
     int32_t stride[4], outer[4], inner[4];
-    stride[3] = 1;
-    for (int k = 2; k >= 0; --k) stride[k] = stride[k + 1] * p->dims[k + 1];
-    for (int k = 0; k < 4; ++k) {
-        outer[k] = p->reduced[k] ? 1 : p->dims[k];
-        inner[k] = p->reduced[k] ? p->dims[k] : 1;
-    }
+    qa_reduce_layout(p->dims, p->reduced, stride, outer, inner);
     int32_t o = 0;
     for (int32_t a0 = 0; a0 < outer[0]; ++a0)
         for (int32_t a1 = 0; a1 < outer[1]; ++a1)
@@ -405,12 +412,7 @@ void qa_prelu(const qa_prelu_params *p, const int8_t *input, const int8_t *alpha
 void qa_reduce_max(const qa_reduce_max_params *p, const int8_t *input, int8_t *output)
 {
     int32_t stride[4], outer[4], inner[4];
-    stride[3] = 1;
-    for (int k = 2; k >= 0; --k) stride[k] = stride[k + 1] * p->dims[k + 1];
-    for (int k = 0; k < 4; ++k) {
-        outer[k] = p->reduced[k] ? 1 : p->dims[k];
-        inner[k] = p->reduced[k] ? p->dims[k] : 1;
-    }
+    qa_reduce_layout(p->dims, p->reduced, stride, outer, inner);
     int32_t o = 0;
     for (int32_t a0 = 0; a0 < outer[0]; ++a0)
         for (int32_t a1 = 0; a1 < outer[1]; ++a1)
