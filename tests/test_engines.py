@@ -275,6 +275,20 @@ def test_auto_stops_near_the_witness_and_budget_decides():
     assert r.stopped == "decided" and r.bound <= 1.5 * r.lower + 1e-12 or r.stopped == STOP_BUDGET
 
 
+def test_auto_keeps_searching_near_the_witness_while_the_budget_can_still_be_proven():
+    """A bound within target_ratio of the witness but above a budget the witness is below is not an
+    answer: the search goes on until it proves the budget (it used to stop at the root and fail)."""
+    net, pg = TINY[0].net()
+    box = Box(np.array([-0.3, -0.3]), np.array([0.3, 0.3]))
+    root = certify(net, pg, [box], budget=1e9, target="t", method="differential", settings=SMALL)
+    budget = (root.witness.error + root.bound) / 2
+    lax = SMALL.replace(target_ratio=1e6)  # the root bound is "near" any witness
+    cert = certify(net, pg, [box], budget=budget, target="t", method="auto", settings=lax)
+    assert cert.verdict == "pass" and cert.bound <= budget < root.bound
+    refuted = certify(net, pg, [box], budget=root.witness.error / 2, target="t", method="auto", settings=lax)
+    assert refuted.verdict == "refuted" and refuted.bound == root.bound  # refuted: near the witness stops
+
+
 def test_a_bound_below_a_witness_stops_everything(monkeypatch):
     net, pg = TINY[0].net()
     box = Box(np.array([-0.3, -0.3]), np.array([0.3, 0.3]))

@@ -45,6 +45,10 @@ class RegionTask:
         """The bound is within settings.target_ratio of the witnessed error (max over outputs)."""
         return bool(bound.upper.max() <= self.problem.settings.target_ratio * self.lower().max())
 
+    def refuted(self) -> bool:
+        """Some output's witnessed error is above its budget: the verdict no longer depends on the bound."""
+        return bool(np.any(self.lower() > self.budgets))
+
 
 @dataclass(frozen=True)
 class Engine:
@@ -79,7 +83,10 @@ def _split(task: RegionTask, stop_near_witness: bool) -> EngineResult:
     from toolchain.certify.bnb import branch_and_bound
 
     def decided(bound: ErrorBound) -> bool:
-        return task.within_budget(bound) or (stop_near_witness and task.near_witness(bound))
+        # Near the witness is an answer only once the budget is refuted (or there is none, budget 0):
+        # while the witness is within the budget, a bound between the two can still come down to it.
+        near = stop_near_witness and task.refuted() and task.near_witness(bound)
+        return task.within_budget(bound) or near
 
     if decided(task.root.bound.item(0)):
         return EngineResult(task.root.bound.item(0), STOP_DECIDED, {"boxes": 1})
@@ -92,7 +99,8 @@ ENGINES: dict[str, Engine] = {
     e.name: e
     for e in (
         Engine("auto", "differential, then branch and bound until the budget is decided, the bound is "
-               "within target_ratio of the witness, splitting stalls, or the work budget is spent",
+               "within target_ratio of a witness that refutes the budget, splitting stalls, or the work "
+               "budget is spent",
                lambda t: _split(t, True)),
         Engine("interval", "the naive merged-network baseline: independent intervals on each side",
                _interval),

@@ -45,7 +45,8 @@ class ErrorBound:
 
 
 # Why a search stopped (recorded in the certificate).
-STOP_DECIDED = "decided"  # every output within its budget, or the bound within target_ratio of the witness
+STOP_DECIDED = "decided"  # every output within its budget, or (budget refuted) the bound within target_ratio
+#   of the witness
 STOP_BUDGET = "work budget spent"  # max_boxes or max_work reached: deterministic
 STOP_STALLED = "stalled"  # auto: the last 3/4 of the work tightened the bound by less than 1%
 STOP_EXHAUSTED = "nothing left to refine"  # every box is as small as the engine can make it

@@ -35,7 +35,8 @@ class Settings:
     milp_nodes: int = 2000  # HiGHS branch-and-bound nodes per MILP solve
     milp_leaf_nodes: int = 200  # ... per solve on a branch-and-bound leaf
     # --- when to stop early (the answer is decided) ---
-    target_ratio: float = 1.5  # auto stops once bound <= target_ratio x witness
+    target_ratio: float = 1.2  # auto stops once bound <= target_ratio x witness, where the witness
+    #   already refutes the budget (budget 0: every search); below it the budget still decides
     # --- search strategy ---
     cell_edge_cells: float = 8.0  # cut on an input-cell edge when a side spans fewer cells
     enum_cells: int = 2**17  # a box meeting at most this many input cells is enumerated cell by cell
