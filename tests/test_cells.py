@@ -156,6 +156,43 @@ def test_enumeration_from_stored_ranges_holds(tiny_nets, seed):
         np.testing.assert_array_equal(outputs.q, cells.device_outputs(net, pg, box).q)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float_side_analysis_of_cell_boxes_holds(tiny_nets, seed):
+    """Boxes whose device outputs are known cell by cell are bounded with the float side's rows only
+    (sides="float"): that analysis's own bound and the cell bounds bound_boxes takes from it hold
+    against the exhaustive maximum, for less work than both sides' rows."""
+    net, pg = _net(tiny_nets[seed], "int8")
+    problem = Problem(net, pg, DEFAULT)
+    grid = (net.input_scale, net.input_zero_point)
+    parent = Box(np.array([-0.6, -0.5]), np.array([0.5, 0.6])).snap_to_grid(*grid)
+    kids = [Box(np.array([-0.6, -0.5]), np.array([0.0, 0.6])).snap_to_grid(*grid),
+            Box(np.array([0.0, -0.5]), np.array([0.5, 0.6])).snap_to_grid(*grid)]
+    a = symbolic.differential_analysis(net, BoxBatch.of([parent]))
+    outputs = cells.device_outputs(net, pg, parent)
+    both = symbolic.differential_analysis(net, BoxBatch.of(kids))
+    alone = symbolic.differential_analysis(net, BoxBatch.of(kids), sides="float")
+    assert alone.work < both.work
+    job = bnb.BoundJob(tuple(kids), (bnb.Ranges.of(a, 0),) * 2, (a.bound.item(0),) * 2,
+                       tuple(outputs.sub(net, k) for k in kids))
+    bounded, _ = bnb.bound_boxes(problem, job)
+    for i, (box, b) in enumerate(zip(kids, bounded, strict=True)):
+        exact = _exhaustive(net, pg, box)
+        assert np.all(with_margin(alone.bound.upper[i]) >= exact)
+        assert np.all(with_margin(b.bound.upper) >= exact), (b.bound.upper, exact)
+        xs = box.sample(500, np.random.default_rng(seed))
+        y = net.forward_float(xs)[net.output]
+        nb = alone.nodes[net.output]
+        assert np.all(nb.pl[i] <= y.min(axis=0) + 1e-12) and np.all(y.max(axis=0) <= nb.ph[i] + 1e-12)
+    # Boxes of one to three cells per input, where the float side's bound is nearly the exact one.
+    rng = np.random.default_rng(seed)
+    s = net.input_scale
+    for _ in range(30):
+        k = rng.integers(-60, 58, size=2)
+        box = Box(s * k.astype(float), s * (k + rng.integers(0, 3, size=2)).astype(float))
+        small = symbolic.differential_analysis(net, BoxBatch.of([box]), sides="float")
+        assert np.all(with_margin(small.bound.upper[0]) >= _exhaustive(net, pg, box)), box
+
+
 def test_cell_count(tiny_nets):
     net, _ = _net(tiny_nets[0], "float")
     s = net.input_scale

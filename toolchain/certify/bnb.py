@@ -130,8 +130,13 @@ def bound_boxes(problem: Problem, job: BoundJob) -> tuple[list[Bounded], float]:
     parents = _parents(net, list(job.parent_ranges), list(job.parent_bounds))
     starts = None if job.starts is None else np.array(job.starts)
     alpha_work = problem.settings.alpha_work_box if job.optimised else 0.0
+    # Where every box's device outputs are known cell by cell, the int8 side needs no relaxation: the cell
+    # bounds take the float side's affine bounds and the exact outputs (the differential rows of u and
+    # delta, 4 of every 6, would be spent on a bound the cells beat; measured on ACAS Xu's worst boxes:
+    # 2.6x fewer seconds with fixed slopes, the same bounds within 1%).
+    sides = "float" if all(c is not None for c in job.cells) else "both"
     a = differential_analysis(net, BoxBatch.of(list(job.boxes)), parents, problem.settings, start=starts,
-                              alpha_work=alpha_work)
+                              alpha_work=alpha_work, sides=sides)
     out = []
     work = a.work
     for i, (box, outputs) in enumerate(zip(job.boxes, job.cells, strict=True)):
@@ -464,9 +469,11 @@ def branch_and_bound(
                             children.append((li, oi, kind, child, sub, leaf.ranges, 0, flag))
                         oi += 1
         # Jobs of one kind of slopes each (a job is one batched pass), in fixed-size chunks.
+        # Boxes bounded cell by cell get jobs of their own: such a job bounds the float side only.
         jobs, job_children = [], []
-        for flag in (False, True):
-            mine = [c for c in range(len(children)) if children[c][7] == flag]
+        for flag, cellwise in itertools.product((False, True), (False, True)):
+            mine = [c for c in range(len(children))
+                    if children[c][7] == flag and (children[c][4] is not None) == cellwise]
             for at in range(0, len(mine), chunk):
                 part = [children[c] for c in mine[at:at + chunk]]
                 starts = tuple(c[6] for c in part)

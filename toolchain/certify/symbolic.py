@@ -405,8 +405,10 @@ def _back_substitute(
                 const += (Ue * value[owner]).sum(axis=1) - np.abs(Ue) @ node.noise
                 Ut = Ut - Ue
             return Pt + Ut, const
+        u_free = not Ut.any()  # float-side rows: nothing flows back through the int8 side
         for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q, strict=True):
-            lf, lq = matmul(Pt, Af), matmul(Ut, Aq)
+            lf = matmul(Pt, Af)
+            lq = np.zeros_like(lf) if u_free else matmul(Ut, Aq)
             if i in lam_f:
                 lam_f[i] = lam_f[i] + lf
                 lam_q[i] = lam_q[i] + lq
@@ -448,25 +450,29 @@ def upper_bounds(net: MergedNet, analysis: Analysis, t: int, Lf: np.ndarray, Lq:
 # Rows bounded per hidden neuron: +p, -p, +u, -u, +delta, -delta, as signs on p and on u.
 _SIGN_P = np.array([1.0, -1.0, 0.0, 0.0, 1.0, -1.0])
 _SIGN_U = np.array([0.0, 0.0, 1.0, -1.0, -1.0, 1.0])
+_BOTH_SIDES = np.arange(6)
+_FLOAT_SIDE = np.arange(2)  # +p, -p: what the float side's own relaxations need
 
 
 def _node_rows(net: MergedNet, t: int, todo: np.ndarray, nodes, lines, boxes: BoxBatch,
-               settings: Settings, threads: int = 1) -> np.ndarray:
+               settings: Settings, threads: int = 1, kinds: np.ndarray = _BOTH_SIDES) -> np.ndarray:
     """Symbolic bounds (B, 6, n) of p, -p, u, -u, delta, -delta at node t for the (box, neuron) pairs
-    where todo (B, n) is set (inf elsewhere). Each row is one neuron's pre-activation, so its first
-    step back is that neuron's row of the layer's matrices (no product)."""
+    where todo (B, n) is set (inf elsewhere), for the row kinds asked (_FLOAT_SIDE: p and -p only).
+    Each row is one neuron's pre-activation, so its first step back is that neuron's row of the
+    layer's matrices (no product)."""
     node = net.nodes[t]
     B, n = todo.shape
     out = np.full((B, 6, n), np.inf)
     box_of, neuron = np.nonzero(todo)
     if box_of.size == 0:
         return out
+    k = kinds.size
     widest = max(m.size for m in net.nodes)
-    per = max(6, settings.block_entries // widest // 6 * 6)
-    owner_all = np.repeat(box_of, 6)
-    j_all = np.repeat(neuron, 6)
-    sp_all, su_all = np.tile(_SIGN_P, box_of.size), np.tile(_SIGN_U, box_of.size)
-    kind_all = np.tile(np.arange(6), box_of.size)
+    per = max(k, settings.block_entries // widest // k * k)
+    owner_all = np.repeat(box_of, k)
+    j_all = np.repeat(neuron, k)
+    sp_all, su_all = np.tile(_SIGN_P[kinds], box_of.size), np.tile(_SIGN_U[kinds], box_of.size)
+    kind_all = np.tile(kinds, box_of.size)
 
     def block(s: int) -> None:
         e = min(owner_all.size, s + per)
@@ -1005,7 +1011,7 @@ def branch_records(net: MergedNet, nodes, lines, boxes: BoxBatch, worst: np.ndar
 def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | None = None,
                           settings: Settings = DEFAULT, full: bool = False,
                           work: float | None = None, start: np.ndarray | None = None,
-                          threads: int = 1, alpha_work: float = 0.0) -> Analysis:
+                          threads: int = 1, alpha_work: float = 0.0, sides: str = "both") -> Analysis:
     """Symbolic bounds for every node, then for the output error y_K - ŷ_K, for every box.
 
     `parent` (an analysis of enclosing boxes, one per box) tightens every range: a child's linear
@@ -1041,6 +1047,7 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     empty = np.zeros(B, dtype=bool)
     window: dict[int, tuple[np.ndarray, ...]] = {}  # where windows stop: ranges of y, ŷ, d (_windowed_rows)
     alpha_left = B * alpha_work
+    float_side = sides == "float"
     for t, node in enumerate(net.nodes):
         nb = forward_node(net, t, nodes, boxes)
         if parent is not None:
@@ -1049,10 +1056,16 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
             # Only neurons a box may still move between pieces get symbolic bounds: where every
             # relaxation is already exact, tighter ranges only reach later layers through their
             # interval ranges.
-            todo = np.ones((B, node.size), dtype=bool) if full or t == net.output else ~settled(node, nb)
+            if full or t == net.output:
+                todo = np.ones((B, node.size), dtype=bool)
+            elif float_side:
+                todo = _piece(nb.pl, nb.ph, node.f_lo, node.f_hi) < 0
+            else:
+                todo = ~settled(node, nb)
             if start is not None:
                 todo &= (np.asarray(start) <= t)[:, None]
-            cost = 6.0 * todo.sum() * rows_cost[t]
+            # (float side only: 2 rows instead of 6, through one side's matrices instead of both)
+            cost = (1.0 if float_side else 6.0) * todo.sum() * rows_cost[t]
             # This layer's share of what is left, front-loaded (what is left over L^(1/4), L the
             # non-linear layers from here on): an early layer's ranges feed every later one.
             # Measured at the default root budget, worst of 3 balls (with u's own rows still
@@ -1071,7 +1084,8 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
             # MobileNet 45 -> 14 s (same bound), DS-CNN same bound, ResNet-8 4.74e5 -> 4.63e5.
             sparse = any(sp.issparse(A) for A in node.A_f)
             if todo.any() and cost <= share and not sparse:
-                up = _node_rows(net, t, todo, nodes, lines, boxes, settings, threads)
+                up = _node_rows(net, t, todo, nodes, lines, boxes, settings, threads,
+                                _FLOAT_SIDE if float_side else _BOTH_SIDES)
             elif todo.any():
                 # Sparse, or too dense for its share: rows over their supports, back as far as the
                 # share allows, or for the neurons that matter most (crossing a kink, widest ranges).
@@ -1106,11 +1120,19 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     eye = np.eye(n)
     state = Analysis(boxes, ErrorBound(np.zeros((B, n)), np.zeros((B, n))), tuple(nodes), tuple(lines))
     smear = np.empty((B * 2 * n, net.n_inputs))
-    up = upper_bounds(net, state, K, np.vstack([eye, -eye]), np.vstack([-eye, eye]), settings, smear)
-    # Where to split each box next: each input's share of the row with the largest bound.
-    worst = np.argmax(up, axis=1)
+    if float_side:
+        # The float output's own bounds (y_K <= up[:n], -y_K <= up[n:]); the error bound is then the
+        # ranges' one, which the caller's cell bounds tighten (the int8 side exactly, cell by cell).
+        up = upper_bounds(net, state, K, np.vstack([eye, -eye]), np.zeros((2 * n, n)), settings, smear)
+        yq_lo, yq_hi = nodes[K].yq(net.nodes[K])
+        bound = ErrorBound(-up[:, n:] - yq_hi, up[:, :n] - yq_lo).meet(ErrorBound(*output_range(net, nodes)))
+        worst = np.argmax(np.hstack([bound.high, -bound.low]), axis=1)
+    else:
+        up = upper_bounds(net, state, K, np.vstack([eye, -eye]), np.vstack([-eye, eye]), settings, smear)
+        # Where to split each box next: each input's share of the row with the largest bound.
+        worst = np.argmax(up, axis=1)
+        bound = ErrorBound(-up[:, n:], up[:, :n]).meet(ErrorBound(*output_range(net, nodes)))
     split_scores = smear.reshape(B, 2 * n, -1)[np.arange(B), worst]
-    bound = ErrorBound(-up[:, n:], up[:, :n]).meet(ErrorBound(*output_range(net, nodes)))
     if parent is not None:
         bound = bound.meet(parent.bound)
     spent += 2.0 * B * n * path[K]
