@@ -18,7 +18,7 @@ from toolchain.tflite import prepare, reader
 # Zoo models whose ops the certify engines support.
 CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
                "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max", "mlp_sigmoid_out", "cnn_prelu",
-               "mlp_normalized", "mlp_residual", "cnn1d_permuted")
+               "mlp_normalized", "mlp_residual", "cnn1d_permuted", "cnn_cropped")
 
 
 def _net(zoo_model, interface="float", rounding="double"):

@@ -273,3 +273,34 @@ def test_executor_runs_blas_on_one_thread() -> None:
         inside = blas_threads()
     assert inside and all(n == 1 for n in inside)
     assert blas_threads() == before
+
+
+# --------------------------------------------------------------------------------------------- STRIDED_SLICE
+
+@pytest.mark.parametrize("seed", range(40))
+def test_strided_slice_axis_ranges_are_python_slicing(seed: int) -> None:
+    """strided_slice_logic.h's start and stop agree with Python's slice semantics (negative indices
+    from the end, out-of-range ends clamped, a masked begin or end open, negative strides backwards;
+    a shrunk axis keeps its one start index), on random begin, end, stride and masks."""
+    from toolchain.ops.strided_slice import axis_range
+
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 9))
+    begin, end = (int(v) for v in rng.integers(-12, 12, size=2))
+    stride = int(rng.choice([-3, -2, -1, 1, 2, 3]))
+    masks = {"begin_mask": int(rng.integers(2)), "end_mask": int(rng.integers(2))}
+    shrink = bool(rng.integers(4) == 0) and -size <= begin < size and stride > 0  # (negative: empty)
+    o = ir.StridedSliceOptions(**masks, shrink_axis_mask=int(shrink))
+    start, count = axis_range(size, begin, end, stride, 0, o)
+    got = [start + stride * i for i in range(count)]
+    if shrink:
+        want = [begin % size]
+    else:
+        s = slice(None if masks["begin_mask"] else begin, None if masks["end_mask"] else end, stride)
+        want = list(range(size))[s]
+    assert got == want, (size, begin, end, stride, o)
+    # offset: end counted from the start (clamped begin), as tf.strided_slice's `offset` attribute
+    if not shrink and not masks["end_mask"] and end >= 0 and stride > 0:
+        rel = ir.StridedSliceOptions(**masks, offset=True)
+        start, count = axis_range(size, begin, end, stride, 0, rel)
+        assert [start + stride * i for i in range(count)] == list(range(size))[start:start + end:stride]

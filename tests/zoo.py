@@ -31,7 +31,7 @@ from toolchain import quantize as qz
 ZOO_OPS = frozenset({
     "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL",
     "RESHAPE", "PAD", "CONCATENATION", "MEAN", "SOFTMAX", "LOGISTIC", "TANH", "LEAKY_RELU",
-    "REDUCE_MAX", "PRELU", "SUB", "TRANSPOSE",
+    "REDUCE_MAX", "PRELU", "SUB", "TRANSPOSE", "STRIDED_SLICE",
 })
 N_CALIBRATION = 64
 
@@ -188,6 +188,15 @@ def _cnn1d_permuted(k: Any) -> Any:
     return k.Model(inp, L.Dense(2)(L.Flatten()(x)))
 
 
+def _cnn_cropped(k: Any) -> Any:
+    L = k.layers
+    x = inp = k.Input((7, 8, 2))
+    x = L.Conv2D(3, 3, activation="relu")(x)
+    x = L.Cropping2D(((1, 0), (2, 1)))(x)  # STRIDED_SLICE over rows and columns
+    h = L.Dense(8, activation="relu")(L.Flatten()(x))
+    return k.Model(inp, L.Dense(2)(h[:, 1:7:2]))  # STRIDED_SLICE with a stride
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -257,6 +266,7 @@ _SPECS: dict[str, _Spec] = {
     "mlp_normalized": _Spec(_mlp_normalized, (4,), "Normalization (SUB, MUL by constants), SUB of two layers"),
     "mlp_residual": _Spec(_mlp_residual, (5,), "ADD of two layers of shapes (1, 6) and (6,)"),
     "cnn1d_permuted": _Spec(_cnn1d_permuted, (5, 8), "TRANSPOSE (Keras Permute) before a Conv1D"),
+    "cnn_cropped": _Spec(_cnn_cropped, (7, 8, 2), "STRIDED_SLICE: Keras Cropping2D and a strided slice"),
 }
 
 

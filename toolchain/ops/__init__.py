@@ -23,6 +23,7 @@ from toolchain.ops.quantize import DequantizeOp, QuantizeOp
 from toolchain.ops.reduce import MeanOp, ReduceMaxOp
 from toolchain.ops.reshape import ReshapeOp
 from toolchain.ops.softmax import SoftmaxOp
+from toolchain.ops.strided_slice import StridedSliceOp
 from toolchain.ops.sub import SubOp
 from toolchain.ops.transpose import TransposeOp
 
@@ -35,6 +36,7 @@ _IMPLEMENTATIONS: tuple[Op, ...] = (
     MulOp(),
     ReshapeOp(),
     TransposeOp(),
+    StridedSliceOp(),
     PadOp(),
     ConcatenationOp(),
     MeanOp(),

@@ -116,6 +116,16 @@ class LeakyReluOptions:
 
 
 @dataclass(frozen=True)
+class StridedSliceOptions:
+    begin_mask: int = 0  # bit a: axis a starts at its first element (last, for a negative stride)
+    end_mask: int = 0  # bit a: axis a runs to its end
+    ellipsis_mask: int = 0
+    new_axis_mask: int = 0
+    shrink_axis_mask: int = 0  # bit a: axis a keeps one element and leaves the output shape
+    offset: bool = False  # end is relative to begin
+
+
+@dataclass(frozen=True)
 class NoOptions:
     pass
 
@@ -129,6 +139,7 @@ OpOptions = (
     | ReducerOptions
     | SoftmaxOptions
     | LeakyReluOptions
+    | StridedSliceOptions
     | NoOptions
 )
 

@@ -392,6 +392,30 @@ void qa_transpose(const qa_transpose_params *p, const int8_t *input, int8_t *out
 }
 
 /* ===================================================================================
+ * STRIDED_SLICE: reference_ops::StridedSlice (int8 values copied; input and output share one
+ * quantization). The loops of strided_slice_logic.h, with each axis's start and trip count
+ * resolved from begin, end, strides and the masks by the generator.
+ * =================================================================================== */
+void qa_strided_slice(const qa_strided_slice_params *p, const int8_t *input, int8_t *output)
+{
+    int32_t stride[4];
+    stride[3] = 1;
+    for (int k = 2; k >= 0; --k) stride[k] = stride[k + 1] * p->input_dims[k + 1];
+    int32_t o = 0;
+    for (int32_t a0 = 0; a0 < p->count[0]; ++a0) {
+        const int32_t i0 = (p->start[0] + a0 * p->stride[0]) * stride[0];
+        for (int32_t a1 = 0; a1 < p->count[1]; ++a1) {
+            const int32_t i1 = i0 + (p->start[1] + a1 * p->stride[1]) * stride[1];
+            for (int32_t a2 = 0; a2 < p->count[2]; ++a2) {
+                const int32_t i2 = i1 + (p->start[2] + a2 * p->stride[2]) * stride[2];
+                for (int32_t a3 = 0; a3 < p->count[3]; ++a3, ++o)
+                    output[o] = input[i2 + p->start[3] + a3 * p->stride[3]];
+            }
+        }
+    }
+}
+
+/* ===================================================================================
  * PRELU: reference_ops::BroadcastPrelu4DSlow, alpha already broadcast to the input's shape.
  * =================================================================================== */
 void qa_prelu(const qa_prelu_params *p, const int8_t *input, const int8_t *alpha, int8_t *output)

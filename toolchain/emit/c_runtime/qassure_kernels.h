@@ -168,6 +168,16 @@ typedef struct {
 
 void qa_transpose(const qa_transpose_params *p, const int8_t *input, int8_t *output);
 
+/* ---- STRIDED_SLICE (start and count of every axis resolved by the generator) ------------------ */
+typedef struct {
+    int32_t input_dims[4];
+    int32_t start[4];         /* first index taken along each axis */
+    int32_t stride[4];        /* step between indices (negative: backwards) */
+    int32_t count[4];         /* indices taken along each axis */
+} qa_strided_slice_params;
+
+void qa_strided_slice(const qa_strided_slice_params *p, const int8_t *input, int8_t *output);
+
 /* ---- PRELU (alpha broadcast to the input's shape by the generator) ------------------------ */
 typedef struct {
     int32_t input_offset;     /* -input zero point */
