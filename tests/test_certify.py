@@ -18,7 +18,7 @@ from toolchain.tflite import prepare, reader
 # Zoo models whose ops the certify engines support.
 CERTIFIABLE = ("mlp_fused", "mlp_fused_per_tensor", "mlp_saturation", "mlp_positive_input", "mlp_big_multiplier",
                "mlp_softmax", "cnn_depthwise", "cnn_conv", "mlp_leaky", "cnn1d_max", "mlp_sigmoid_out", "cnn_prelu",
-               "mlp_normalized", "mlp_residual", "cnn1d_permuted", "cnn_cropped")
+               "mlp_normalized", "mlp_residual", "cnn1d_permuted", "cnn_cropped", "cnn_decoder")
 
 
 def _net(zoo_model, interface="float", rounding="double"):
@@ -123,7 +123,7 @@ def test_max_pool_is_lowered_to_pairwise_maxes(zoo):
 
 @pytest.mark.tf
 @pytest.mark.parametrize("name, vary", [("cnn_conv", 4), ("mlp_leaky", 3), ("cnn1d_max", 4),
-                                        ("cnn_prelu", 4), ("mlp_normalized", 4)])
+                                        ("cnn_prelu", 4), ("mlp_normalized", 4), ("cnn_decoder", 4)])
 @pytest.mark.parametrize("method", ["interval", "differential", "split", "auto", "milp"])
 def test_lowered_ops_hold_against_every_int8_input(zoo, name, vary, method):
     """Every engine on the models whose ops lower to several nodes (MAX_POOL_2D, LEAKY_RELU, REDUCE_MAX,

@@ -31,7 +31,7 @@ from toolchain import quantize as qz
 ZOO_OPS = frozenset({
     "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL",
     "RESHAPE", "PAD", "CONCATENATION", "MEAN", "SOFTMAX", "LOGISTIC", "TANH", "LEAKY_RELU",
-    "REDUCE_MAX", "PRELU", "SUB", "TRANSPOSE", "STRIDED_SLICE",
+    "REDUCE_MAX", "PRELU", "SUB", "TRANSPOSE", "STRIDED_SLICE", "TRANSPOSE_CONV", "RELU",
 })
 N_CALIBRATION = 64
 
@@ -197,6 +197,15 @@ def _cnn_cropped(k: Any) -> Any:
     return k.Model(inp, L.Dense(2)(h[:, 1:7:2]))  # STRIDED_SLICE with a stride
 
 
+def _cnn_decoder(k: Any) -> Any:
+    L = k.layers
+    x = inp = k.Input((4, 4, 2))  # a convolutional autoencoder's decoder half
+    x = L.Conv2DTranspose(3, 3, strides=2, padding="same", activation="relu")(x)
+    x = L.Conv2DTranspose(2, 2, padding="valid")(x)
+    x = L.ReLU()(L.Flatten()(x))  # after a RESHAPE, where no fused activation can take it: RELU
+    return k.Model(inp, L.Dense(2)(x))
+
+
 def _mlp_pairs(k: Any) -> Any:
     x = inp = k.Input((4,))
     x = k.layers.Dense(4)(x)
@@ -267,6 +276,7 @@ _SPECS: dict[str, _Spec] = {
     "mlp_residual": _Spec(_mlp_residual, (5,), "ADD of two layers of shapes (1, 6) and (6,)"),
     "cnn1d_permuted": _Spec(_cnn1d_permuted, (5, 8), "TRANSPOSE (Keras Permute) before a Conv1D"),
     "cnn_cropped": _Spec(_cnn_cropped, (7, 8, 2), "STRIDED_SLICE: Keras Cropping2D and a strided slice"),
+    "cnn_decoder": _Spec(_cnn_decoder, (4, 4, 2), "TRANSPOSE_CONV stride 2 same and stride 1 valid, RELU"),
 }
 
 

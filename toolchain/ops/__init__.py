@@ -21,15 +21,18 @@ from toolchain.ops.pooling import PoolOp
 from toolchain.ops.prelu import PreluOp
 from toolchain.ops.quantize import DequantizeOp, QuantizeOp
 from toolchain.ops.reduce import MeanOp, ReduceMaxOp
+from toolchain.ops.relu import ReluOp
 from toolchain.ops.reshape import ReshapeOp
 from toolchain.ops.softmax import SoftmaxOp
 from toolchain.ops.strided_slice import StridedSliceOp
 from toolchain.ops.sub import SubOp
 from toolchain.ops.transpose import TransposeOp
+from toolchain.ops.transpose_conv import TransposeConvOp
 
 _IMPLEMENTATIONS: tuple[Op, ...] = (
     FullyConnectedOp(),
     ConvOp(),
+    TransposeConvOp(),
     PoolOp(),
     AddOp(),
     SubOp(),
@@ -43,6 +46,7 @@ _IMPLEMENTATIONS: tuple[Op, ...] = (
     ReduceMaxOp(),
     SoftmaxOp(),
     LookupTableOp(),
+    ReluOp(),
     LeakyReluOp(),
     PreluOp(),
     QuantizeOp(),

@@ -136,8 +136,9 @@ def clamp_range(prep_min: int, prep_max: int, scale: float, zp: int, n: int) -> 
     return np.full(n, scale * (prep_min - zp)), np.full(n, scale * (prep_max - zp))
 
 
-def float_weights(fg: ir.Graph, fo: ir.Operator) -> tuple[np.ndarray, np.ndarray | None]:
-    """The float op's weights (dequantized when the float graph is weight-only quantized) and bias."""
+def float_weights(fg: ir.Graph, fo: ir.Operator, bias_slot: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
+    """The float op's weights (input 1; dequantized when the float graph is weight-only quantized) and bias
+    (input `bias_slot`)."""
     w = fg.tensor(fo.inputs[1])
     if w.data is None:
         raise QassureError(f"float graph {fo.describe()}: non-constant weights", fg.path)
@@ -146,8 +147,8 @@ def float_weights(fg: ir.Graph, fo: ir.Operator) -> tuple[np.ndarray, np.ndarray
         per_row = (-1, *[1] * (wf.ndim - 1))
         wf = (wf - w.quant.zero_point.reshape(per_row)) * w.quant.scale.astype(np.float64).reshape(per_row)
     b = None
-    if len(fo.inputs) > 2 and fo.inputs[2] >= 0:
-        data = fg.tensor(fo.inputs[2]).data
+    if len(fo.inputs) > bias_slot and fo.inputs[bias_slot] >= 0:
+        data = fg.tensor(fo.inputs[bias_slot]).data
         if data is None:
             raise QassureError(f"float graph {fo.describe()}: non-constant bias", fg.path)
         b = data.astype(np.float64).reshape(-1)

@@ -37,8 +37,9 @@ ROUNDING_SLACK = 1e-3
 FLOAT32_SLACK = 2.0**-20
 
 _PASS_THROUGH = frozenset({"QUANTIZE", "DEQUANTIZE"})
-_WEIGHTED = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
-_WEIGHT_SLOT, _BIAS_SLOT = 1, 2
+# Ops with weights: the input slots of (activation input, weights, bias).
+_WEIGHTED = {"CONV_2D": (0, 1, 2), "DEPTHWISE_CONV_2D": (0, 1, 2), "FULLY_CONNECTED": (0, 1, 2),
+             "TRANSPOSE_CONV": (2, 1, 3)}  # slot 0 of TRANSPOSE_CONV: the output shape (int32)
 _INT_WEIGHT_DTYPES = frozenset({"int8", "uint8", "int16"})
 _INDEX_DTYPES = frozenset({"int32", "int64"})  # shapes, axes, paddings: not weights unless quantized
 
@@ -156,7 +157,8 @@ def _const_inputs(graph: ir.Graph, op: ir.Operator) -> list[int]:
 
 def _role(op: ir.Operator, slot: int) -> str:
     if op.opcode in _WEIGHTED:
-        return {_WEIGHT_SLOT: "weights", _BIAS_SLOT: "bias"}.get(slot, "constant")
+        _, weights, bias = _WEIGHTED[op.opcode]
+        return {weights: "weights", bias: "bias"}.get(slot, "constant")
     return "constant"
 
 
@@ -300,8 +302,9 @@ def _int8_real_and_scale(graph: ir.Graph, op: ir.Operator, slot: int,
     kernels read only its int32 values), so that is the scale it must have been rounded with.
     """
     if _role(op, slot) == "bias":
-        s_in = graph.tensor(op.inputs[0]).quant
-        w = graph.tensor(op.inputs[_WEIGHT_SLOT]).quant
+        x_slot, w_slot, _ = _WEIGHTED[op.opcode]
+        s_in = graph.tensor(op.inputs[x_slot]).quant
+        w = graph.tensor(op.inputs[w_slot]).quant
         assert s_in is not None and w is not None  # check_int8_graph ran first
         out_channels = graph.tensor(op.outputs[0]).shape[-1]
         scale = float(s_in.scale[0]) * np.broadcast_to(w.scale.astype(np.float64), (out_channels,))

@@ -182,6 +182,39 @@ void qa_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filte
     qa_conv_core(p, input, filter, bias, output, p->filter_c, p->output_c / (p->input_c / p->filter_c), ws);
 }
 
+/* TRANSPOSE_CONV: reference_integer_ops::TransposeConv scatters w * (x + input_offset) from input
+ * (iy, ix) into output (iy * stride - pad + fy, ix * stride - pad + fx) in an int32 scratch buffer;
+ * the same sum is gathered here per output (the inputs whose scatter reaches it), without the
+ * buffer: integer additions in another order, the same int32 value. Then bias, MBQM, offset, clamp. */
+void qa_transpose_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter, const int32_t *bias,
+                         int8_t *output)
+{
+    for (int32_t oy = 0; oy < p->output_h; ++oy) {
+        for (int32_t ox = 0; ox < p->output_w; ++ox) {
+            for (int32_t oc = 0; oc < p->output_c; ++oc) {
+                int32_t acc = 0;
+                for (int32_t fy = 0; fy < p->filter_h; ++fy) {
+                    const int32_t ty = oy + p->pad_h - fy;
+                    if (ty < 0 || ty % p->stride_h != 0 || ty / p->stride_h >= p->input_h) continue;
+                    const int32_t iy = ty / p->stride_h;
+                    for (int32_t fx = 0; fx < p->filter_w; ++fx) {
+                        const int32_t tx = ox + p->pad_w - fx;
+                        if (tx < 0 || tx % p->stride_w != 0 || tx / p->stride_w >= p->input_w) continue;
+                        const int32_t ix = tx / p->stride_w;
+                        const int8_t *in = input + (iy * p->input_w + ix) * p->input_c;
+                        const int8_t *w = filter + ((oc * p->filter_h + fy) * p->filter_w + fx) * p->input_c;
+                        for (int32_t ic = 0; ic < p->input_c; ++ic) acc += ((int32_t)in[ic] + p->input_offset) * w[ic];
+                    }
+                }
+                if (bias) acc += bias[oc];
+                acc = qa_multiply_by_quantized_multiplier(acc, p->output_multiplier[oc], p->output_shift[oc]);
+                acc += p->output_offset;
+                output[(oy * p->output_w + ox) * p->output_c + oc] = (int8_t)qa_clamp32(acc, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
 /* Output channel oc = ic * depth_multiplier + m reads input channel ic and filter column oc. */
 void qa_depthwise_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter,
                          const int32_t *bias, int8_t *output)

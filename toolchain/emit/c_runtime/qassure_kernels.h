@@ -83,6 +83,10 @@ typedef struct {
 void qa_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter,
                const int32_t *bias /* nullable */, int8_t *output);
 
+/* TRANSPOSE_CONV: filter OHWI [output_c][filter_h][filter_w][input_c]; no dilation, batch 1. */
+void qa_transpose_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter,
+                         const int32_t *bias /* nullable */, int8_t *output);
+
 /* DEPTHWISE_CONV_2D: filter 1 x filter_h x filter_w x output_c (filter_c unused). */
 void qa_depthwise_conv2d(const qa_conv_params *p, const int8_t *input, const int8_t *filter,
                          const int32_t *bias /* nullable */, int8_t *output);
