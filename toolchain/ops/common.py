@@ -15,6 +15,7 @@ import scipy.sparse as sp
 
 from toolchain.arith import Rounding, quantize_multiplier, round_half_away_f32
 from toolchain.errors import ModelError, QassureError, UnsupportedOpError
+from toolchain.ops.base import CWriter, LowerContext, Lowered
 from toolchain.tflite import ir
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -167,6 +168,18 @@ def float_constant(fg: ir.Graph, t: int) -> np.ndarray:
     return data
 
 
+def copying(ctx: LowerContext, source: np.ndarray) -> Lowered:
+    """The node of an op that only copies its input's elements (TRANSPOSE, STRIDED_SLICE): output element i
+    is input element source[i], the same matrix on both sides, exact. The int8 kernels copy the values
+    without rescaling them, so input and output must share one quantization."""
+    if scalar_quant(ctx.graph, ctx.op, ctx.op.inputs[0]) != (ctx.scale, ctx.zero_point):
+        raise QassureError(f"{ctx.name}: {ctx.op.opcode} between two quantizations is not supported by the "
+                           "certify engines")
+    n, n_in = ctx.size, int(np.prod(ctx.input_shape(0)))
+    gather = sp.csr_matrix((np.ones(n), (np.arange(n), source)), shape=(n, n_in))
+    return Lowered.rearrangement((gather,), ctx.inputs[:1])
+
+
 def selection(n_out: int, n_in: int, out_index: np.ndarray) -> sp.csr_matrix:
     """Matrix copying input element j to output element out_index[j] (others zero)."""
     return sp.csr_matrix((np.ones(n_in), (out_index, np.arange(n_in))), shape=(n_out, n_in))
@@ -196,3 +209,18 @@ def c_shape4(shape: tuple[int, ...], graph: ir.Graph, op: ir.Operator) -> list[i
         raise UnsupportedOpError(f"{op.describe()}: rank {len(shape)} > 4 is not supported by emit-c",
                                  graph.path)
     return [1] * (4 - len(shape)) + [int(d) for d in shape]
+
+
+# --------------------------------------------------------------------------------------------- emit
+
+
+ALL_INT8 = np.arange(-128, 128, dtype=np.int64)  # every int8 value, in table order
+
+
+def emit_table(w: CWriter, op: ir.Operator, table: np.ndarray) -> None:
+    """An elementwise int8 op as its output for each of the 256 int8 inputs (the executor's own values,
+    table index = input + 128) and one qa_lookup_table call."""
+    size = w.graph.tensor(op.outputs[0]).size
+    X, Y = w.ref(op.inputs[0]), w.ref(op.outputs[0])
+    name = w.array(f"op{op.index}_table", "int8_t", table)
+    w.call(op, f"qa_lookup_table({name}, {X}, {Y}, {size});")

@@ -28,8 +28,6 @@ from toolchain.ops import kernels as K
 from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
 from toolchain.tflite import ir
 
-_ALL_INT8 = np.arange(-128, 128, dtype=np.int64)
-
 
 @dataclass(frozen=True)
 class LeakyRelu(OpData):
@@ -69,7 +67,7 @@ class LeakyReluOp(Op):
         m_a, e_a = quantize_multiplier(float(s_in32 * alpha / s_out32), rounding)
         m_i, e_i = quantize_multiplier(float(s_in32 / s_out32), rounding)
         p = LeakyRelu(-zp_in, zp_out, m_i, e_i, m_a, e_a, np.zeros(256, dtype=np.int8))
-        return LeakyRelu(-zp_in, zp_out, m_i, e_i, m_a, e_a, leaky_relu_recipe(_ALL_INT8, p, rounding))
+        return LeakyRelu(-zp_in, zp_out, m_i, e_i, m_a, e_a, leaky_relu_recipe(C.ALL_INT8, p, rounding))
 
     def execute(self, p: LeakyRelu, inputs: Sequence[np.ndarray | None], out_shape: tuple[int, ...],
                 rounding: Rounding) -> np.ndarray:
@@ -91,10 +89,7 @@ class LeakyReluOp(Op):
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: LeakyRelu) -> None:
         """The kernel's output for each of the 256 int8 inputs, as a table (the executor's own values)."""
-        size = w.graph.tensor(op.outputs[0]).size
-        X, Y = w.ref(op.inputs[0]), w.ref(op.outputs[0])
-        table = w.array(f"op{op.index}_table", "int8_t", p.table)
-        w.call(op, f"qa_lookup_table({table}, {X}, {Y}, {size});")
+        C.emit_table(w, op, p.table)
 
     def multipliers(self, p: LeakyRelu) -> dict[str, Any]:
         return {"identity": C.mbqm_row(p.multiplier_identity, p.shift_identity),

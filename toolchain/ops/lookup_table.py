@@ -99,7 +99,7 @@ def tanh_int8(x: np.ndarray, p: ActivationParams) -> np.ndarray:
     return _act_int8(x, p, fx.tanh, 31 - 7, 0)
 
 
-_ALL_INT8 = np.arange(-128, 128, dtype=np.int64).astype(np.int8)
+_ALL_INT8 = C.ALL_INT8.astype(np.int8)
 
 
 def logistic_table(p: ActivationParams) -> np.ndarray:
@@ -132,7 +132,4 @@ class LookupTableOp(Op):
         return p.table[x.astype(np.int64) + 128]
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Table) -> None:
-        size = w.graph.tensor(op.outputs[0]).size
-        X, Y = w.ref(op.inputs[0]), w.ref(op.outputs[0])
-        table = w.array(f"op{op.index}_table", "int8_t", p.table)
-        w.call(op, f"qa_lookup_table({table}, {X}, {Y}, {size});")
+        C.emit_table(w, op, p.table)

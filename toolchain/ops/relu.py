@@ -28,8 +28,6 @@ from toolchain.ops import kernels as K
 from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
 from toolchain.tflite import ir
 
-_ALL_INT8 = np.arange(-128, 128, dtype=np.int64)
-
 
 @dataclass(frozen=True)
 class Relu(OpData):
@@ -58,7 +56,7 @@ class ReluOp(Op):
         real = float(np.float64(np.float32(s_in)) / np.float64(np.float32(s_out)))
         m, e = quantize_multiplier(real, rounding)
         p = Relu(zp_in, zp_out, m, e, np.zeros(256, dtype=np.int8))
-        return Relu(zp_in, zp_out, m, e, relu_recipe(_ALL_INT8, p, rounding))
+        return Relu(zp_in, zp_out, m, e, relu_recipe(C.ALL_INT8, p, rounding))
 
     def execute(self, p: Relu, inputs: Sequence[np.ndarray | None], out_shape: tuple[int, ...],
                 rounding: Rounding) -> np.ndarray:
@@ -81,10 +79,7 @@ class ReluOp(Op):
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Relu) -> None:
         """The kernel's output for each of the 256 int8 inputs, as a table (the executor's own values)."""
-        size = w.graph.tensor(op.outputs[0]).size
-        X, Y = w.ref(op.inputs[0]), w.ref(op.outputs[0])
-        table = w.array(f"op{op.index}_table", "int8_t", p.table)
-        w.call(op, f"qa_lookup_table({table}, {X}, {Y}, {size});")
+        C.emit_table(w, op, p.table)
 
     def multipliers(self, p: Relu) -> dict[str, Any]:
         return {"output": C.mbqm_row(p.multiplier, p.shift)}

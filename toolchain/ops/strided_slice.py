@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from toolchain.arith import Rounding
-from toolchain.errors import QassureError, UnsupportedOpError
+from toolchain.errors import UnsupportedOpError
 from toolchain.ops import common as C
 from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
 from toolchain.tflite import ir
@@ -105,14 +104,7 @@ class StridedSliceOp(Op):
     def lower(self, ctx: LowerContext) -> Lowered:
         """A gathering matrix, the same on both sides: exact, no rounding, no clamp."""
         p: StridedSlice = ctx.prepared
-        if C.scalar_quant(ctx.graph, ctx.op, ctx.op.inputs[0]) != (ctx.scale, ctx.zero_point):
-            raise QassureError(f"{ctx.name}: STRIDED_SLICE between two quantizations is not supported by the "
-                               "certify engines")
-        in_shape, n = ctx.input_shape(0), ctx.size
-        # output element i reads input element source[i]
-        source = np.ravel_multi_index(np.ix_(*p.indices()), in_shape).ravel()
-        gather = sp.csr_matrix((np.ones(n), (np.arange(n), source)), shape=(n, int(np.prod(in_shape))))
-        return Lowered.rearrangement((gather,), ctx.inputs[:1])
+        return C.copying(ctx, np.ravel_multi_index(np.ix_(*p.indices()), ctx.input_shape(0)).ravel())
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: StridedSlice) -> None:
         x = w.graph.tensor(op.inputs[0])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolchain.arith import Rounding
-from toolchain.errors import QassureError, UnsupportedOpError
+from toolchain.errors import UnsupportedOpError
 from toolchain.ops import common as C
 from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
 from toolchain.tflite import ir
@@ -48,12 +48,8 @@ class TransposeOp(Op):
     def lower(self, ctx: LowerContext) -> Lowered:
         """A selection matrix, the same on both sides: exact, no rounding, no clamp."""
         p: Transpose = ctx.prepared
-        if C.scalar_quant(ctx.graph, ctx.op, ctx.op.inputs[0]) != (ctx.scale, ctx.zero_point):
-            raise QassureError(f"{ctx.name}: TRANSPOSE between two quantizations is not supported by the "
-                               "certify engines")
-        in_shape, n = ctx.input_shape(0), ctx.size
-        source = np.arange(n).reshape(in_shape).transpose(p.perm).ravel()  # output i reads input source[i]
-        return Lowered.rearrangement((C.selection(n, n, np.argsort(source)),), ctx.inputs[:1])
+        source = np.arange(ctx.size).reshape(ctx.input_shape(0)).transpose(p.perm).ravel()
+        return C.copying(ctx, source)
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Transpose) -> None:
         x = w.graph.tensor(op.inputs[0])
