@@ -408,12 +408,12 @@ def _back_substitute(
         u_free = not Ut.any()  # float-side rows: nothing flows back through the int8 side
         for i, Af, Aq in zip(node.inputs, node.A_f, node.A_q, strict=True):
             lf = matmul(Pt, Af)
-            lq = np.zeros_like(lf) if u_free else matmul(Ut, Aq)
-            if i in lam_f:
-                lam_f[i] = lam_f[i] + lf
-                lam_q[i] = lam_q[i] + lq
-            else:
-                lam_f[i], lam_q[i] = lf, lq
+            lam_f[i] = lam_f[i] + lf if i in lam_f else lf
+            if not u_free:
+                lq = matmul(Ut, Aq)
+                lam_q[i] = lam_q[i] + lq if i in lam_q else lq
+            elif i not in lam_q:
+                lam_q[i] = np.zeros_like(lf)
     raise AssertionError("every path reaches the input node")  # pragma: no cover
 
 

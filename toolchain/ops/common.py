@@ -119,11 +119,11 @@ def channel_multipliers(
     return (np.array([m for m, _ in pairs], dtype=np.int64), np.array([e for _, e in pairs], dtype=np.int64))
 
 
-def bias(graph: ir.Graph, op: ir.Operator, n: int) -> np.ndarray:
-    """The int32 bias (third input) as int64 [n]; zeros when the op has none."""
-    if len(op.inputs) < 3 or op.inputs[2] < 0:
+def bias(graph: ir.Graph, op: ir.Operator, n: int, slot: int = 2) -> np.ndarray:
+    """The int32 bias (input `slot`, the third by default) as int64 [n]; zeros when the op has none."""
+    if len(op.inputs) <= slot or op.inputs[slot] < 0:
         return np.zeros(n, dtype=np.int64)
-    b = graph.tensor(op.inputs[2])
+    b = graph.tensor(op.inputs[slot])
     if b.data is None or b.dtype != "int32":
         raise UnsupportedOpError(f"{op.describe()}: bias must be a constant int32 tensor", graph.path)
     return b.data.astype(np.int64).reshape(n)

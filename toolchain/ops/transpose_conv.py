@@ -108,12 +108,7 @@ class TransposeConvOp(Op):
         s_out, zp_out = C.scalar_quant(graph, op, op.outputs[0])
         mult, shift = C.channel_multipliers(s_in, w.quant.scale, s_out, n_out, rounding)
         act_min, act_max = C.activation_range(o.activation, s_out, zp_out)
-        bias = np.zeros(n_out, dtype=np.int64)
-        if len(op.inputs) > _BIAS and op.inputs[_BIAS] >= 0:
-            b = graph.tensor(op.inputs[_BIAS])
-            if b.data is None or b.dtype != "int32":
-                raise UnsupportedOpError(f"{op.describe()}: bias must be a constant int32 tensor", graph.path)
-            bias = b.data.astype(np.int64).reshape(n_out)
+        bias = C.bias(graph, op, n_out, slot=_BIAS)
         weights = w.data.astype(np.int64)
         # The device sums in int32: refuse what could overflow it (then float64 sums are exact too).
         reach = int(np.abs(weights).reshape(n_out, -1).sum(axis=1).max()) * 255 + int(np.abs(bias).max())
@@ -155,7 +150,7 @@ class TransposeConvOp(Op):
         wq = p.weights.astype(np.float64) * (s_out * m / ctx.input_scales[0])[:, None, None, None]
         A_q = transpose_conv_matrix(p.in_shape, p.out_shape, wq, p.stride, p.padding)
         c_q = np.tile(s_out * m * p.bias, reps)
-        noise = np.tile(np.broadcast_to(s_out * rho, m.shape), reps)
+        noise = np.tile(s_out * rho, reps)
         q_lo, q_hi = C.clamp_range(p.requant.act_min, p.requant.act_max, s_out, ctx.zero_point, n)
         return Lowered((A_f,), np.tile(bf, reps), ctx.f_lo, ctx.f_hi, (A_q,), c_q, noise * (1 + FP_SLACK),
                        q_lo, q_hi)

@@ -376,6 +376,31 @@ static void qa_reduce_layout(const int32_t dims[4], const int32_t reduced[4], in
     }
 }
 
+/* Where output element o's window starts: o's kept-axis coordinates (row-major over outer) times the strides. */
+static const int8_t *qa_reduce_base(const int8_t *input, const int32_t stride[4], const int32_t outer[4], int32_t o)
+{
+    const int8_t *base = input;
+    for (int k = 3; k >= 0; --k) {
+        base += (o % outer[k]) * stride[k];
+        o /= outer[k];
+    }
+    return base;
+}
+
+/* The int32 sum (take_max 0) or the maximum from INT8_MIN (take_max 1) of one window, in row-major order. */
+static int32_t qa_reduce_window(const int8_t *base, const int32_t stride[4], const int32_t inner[4], int take_max)
+{
+    int32_t acc = take_max ? INT8_MIN : 0;
+    for (int32_t b0 = 0; b0 < inner[0]; ++b0)
+        for (int32_t b1 = 0; b1 < inner[1]; ++b1)
+            for (int32_t b2 = 0; b2 < inner[2]; ++b2)
+                for (int32_t b3 = 0; b3 < inner[3]; ++b3) {
+                    const int32_t v = base[b0 * stride[0] + b1 * stride[1] + b2 * stride[2] + b3];
+                    acc = take_max ? qa_max32(acc, v) : acc + v;
+                }
+    return acc;
+}
+
 /* ===================================================================================
  * MEAN: reference_ops::QuantizedMeanOrSum (TFLM reduce_common.cc for int8 MEAN): int32
  * sum over the reduced axes, minus input_zero_point * count, ONE MultiplyByQuantizedMultiplier
@@ -386,22 +411,13 @@ void qa_mean(const qa_mean_params *p, const int8_t *input, int8_t *output)
 {
     int32_t stride[4], outer[4], inner[4];
     qa_reduce_layout(p->dims, p->reduced, stride, outer, inner);
-    int32_t o = 0;
-    for (int32_t a0 = 0; a0 < outer[0]; ++a0)
-        for (int32_t a1 = 0; a1 < outer[1]; ++a1)
-            for (int32_t a2 = 0; a2 < outer[2]; ++a2)
-                for (int32_t a3 = 0; a3 < outer[3]; ++a3, ++o) {
-                    const int8_t *base = input + a0 * stride[0] + a1 * stride[1] + a2 * stride[2] + a3;
-                    int32_t sum = 0;
-                    for (int32_t b0 = 0; b0 < inner[0]; ++b0)
-                        for (int32_t b1 = 0; b1 < inner[1]; ++b1)
-                            for (int32_t b2 = 0; b2 < inner[2]; ++b2)
-                                for (int32_t b3 = 0; b3 < inner[3]; ++b3)
-                                    sum += base[b0 * stride[0] + b1 * stride[1] + b2 * stride[2] + b3];
-                    sum -= p->input_zero_point * p->count;
-                    const int32_t raw = qa_multiply_by_quantized_multiplier(sum, p->multiplier, p->shift) + p->output_offset;
-                    output[o] = (int8_t)qa_clamp32(raw, INT8_MIN, INT8_MAX);
-                }
+    const int32_t n = outer[0] * outer[1] * outer[2] * outer[3];
+    for (int32_t o = 0; o < n; ++o) {
+        const int32_t sum = qa_reduce_window(qa_reduce_base(input, stride, outer, o), stride, inner, 0)
+            - p->input_zero_point * p->count;
+        const int32_t raw = qa_multiply_by_quantized_multiplier(sum, p->multiplier, p->shift) + p->output_offset;
+        output[o] = (int8_t)qa_clamp32(raw, INT8_MIN, INT8_MAX);
+    }
 }
 
 /* ===================================================================================
@@ -470,22 +486,9 @@ void qa_reduce_max(const qa_reduce_max_params *p, const int8_t *input, int8_t *o
 {
     int32_t stride[4], outer[4], inner[4];
     qa_reduce_layout(p->dims, p->reduced, stride, outer, inner);
-    int32_t o = 0;
-    for (int32_t a0 = 0; a0 < outer[0]; ++a0)
-        for (int32_t a1 = 0; a1 < outer[1]; ++a1)
-            for (int32_t a2 = 0; a2 < outer[2]; ++a2)
-                for (int32_t a3 = 0; a3 < outer[3]; ++a3, ++o) {
-                    const int8_t *base = input + a0 * stride[0] + a1 * stride[1] + a2 * stride[2] + a3;
-                    int8_t best = INT8_MIN;
-                    for (int32_t b0 = 0; b0 < inner[0]; ++b0)
-                        for (int32_t b1 = 0; b1 < inner[1]; ++b1)
-                            for (int32_t b2 = 0; b2 < inner[2]; ++b2)
-                                for (int32_t b3 = 0; b3 < inner[3]; ++b3) {
-                                    const int8_t v = base[b0 * stride[0] + b1 * stride[1] + b2 * stride[2] + b3];
-                                    if (v > best) best = v;
-                                }
-                    output[o] = best;
-                }
+    const int32_t n = outer[0] * outer[1] * outer[2] * outer[3];
+    for (int32_t o = 0; o < n; ++o)
+        output[o] = (int8_t)qa_reduce_window(qa_reduce_base(input, stride, outer, o), stride, inner, 1);
 }
 
 /* ===================================================================================
