@@ -69,13 +69,52 @@ def test_optimised_rows_hold_on_float_samples_and_start_from_the_fixed_ones(seed
     a = symbolic.differential_analysis(net, BoxBatch.of([WIDE]), full=True)
     for t in range(1, len(net.nodes)):
         _, C, owner = _rows(net, WIDE, t)
-        fixed, one = alpha.float_rows_bound(net, t, C, owner, list(a.nodes), list(a.lines), a.boxes, 0)
-        best, done = alpha.float_rows_bound(net, t, C, owner, list(a.nodes), list(a.lines), a.boxes, 20)
+        fixed, one, _ = alpha.float_rows_bound(net, t, C, owner, list(a.nodes), list(a.lines), a.boxes, 0)
+        best, done, _ = alpha.float_rows_bound(net, t, C, owner, list(a.nodes), list(a.lines), a.boxes, 20)
         assert one == 1 and done in (1, 21)
         n = net.nodes[t].size
         assert np.all(best <= fixed)
         assert np.all(with_margin(best[:n]) >= ps[t].max(axis=0))
         assert np.all(with_margin(best[n:]) >= -ps[t].min(axis=0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rows_start_from_their_parents_slopes_and_still_hold(seed):
+    """Warm start: rows given their own best slopes back start where they ended (within the slopes'
+    1/255 steps), well below the fixed slopes' bound; a child box's rows started from its parent's
+    hold on dense samples of the child."""
+    net, _ = DEEP[seed].net("float")
+    t = net.output
+    a, C, owner = _rows(net, WIDE, t)
+    args = (net, t, C, owner, list(a.nodes), list(a.lines), a.boxes)
+    fixed, _, _ = alpha.float_rows_bound(*args, 0)
+    best, _, kept = alpha.float_rows_bound(*args, 20)
+    assert kept[0] is not None and kept[0].values.dtype == np.uint8
+    again, evaluations, _ = alpha.float_rows_bound(*args, 0, warm=kept)
+    assert evaluations == 1
+    gain = fixed - best
+    assert np.all(again <= best + 0.05 * gain + 1e-9), (again, best, fixed)
+    assert np.sum(again) < np.sum(fixed) - 0.5 * np.sum(gain)
+    # A child: the left half of the box, its analysis kept within the parent's ranges.
+    child = Box(WIDE.low, np.array([(WIDE.low[0] + WIDE.high[0]) / 2, WIDE.high[1]]))
+    c = symbolic.differential_analysis(net, BoxBatch.of([child]), a, full=True)
+    warm, _, _ = alpha.float_rows_bound(net, t, C, owner, list(c.nodes), list(c.lines), c.boxes, 0, warm=kept)
+    ps, _ = net._forward_float(child.sample(20000, np.random.default_rng(seed)))
+    n = net.nodes[t].size
+    assert np.all(with_margin(warm[:n]) >= ps[t].max(axis=0))
+    assert np.all(with_margin(warm[n:]) >= -ps[t].min(axis=0))
+
+
+def test_analysis_hands_its_slopes_to_its_children():
+    net, _ = DEEP[0].net("float")
+    a = symbolic.differential_analysis(net, BoxBatch.of([WIDE]), full=True, alpha_work=2.0**30)
+    assert a.slopes is not None and a.slopes[0], "every crossing node's rows keep their slopes"
+    assert net.output in a.slopes[0]
+    kids = WIDE.cut(0, 0.0)
+    c = symbolic.differential_analysis(net, BoxBatch.of(list(kids)), a.take([0, 0]), full=True)
+    assert c.slopes is not None and all(s == a.slopes[0] for s in c.slopes), "fixed slopes pass them on"
+    ranges = bnb.Ranges.of(a, 0)
+    assert ranges.slopes is a.slopes[0] and ranges.nbytes > ranges.values.nbytes + ranges.exact.nbytes
 
 
 def test_optimised_slopes_tighten_a_deep_network():

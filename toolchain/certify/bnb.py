@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from toolchain.certify import cells
+from toolchain.certify.alpha import BoxSlopes
 from toolchain.certify.parallel import Problem, Runner
 from toolchain.certify.region import Box, BoxBatch
 from toolchain.certify.result import (
@@ -51,14 +52,17 @@ from toolchain.merge import MergedNet
 @dataclass(frozen=True)
 class Ranges:
     """Every node's ranges over one box, packed: (6, neurons) float64 (pl, ph, ul, uh, dl, dh of all
-    nodes, node after node) and (neurons,) exact flags. What a box hands down to its children."""
+    nodes, node after node) and (neurons,) exact flags, and the box's optimised slopes (alpha.py), if
+    any. What a box hands down to its children."""
 
     values: np.ndarray
     exact: np.ndarray
+    slopes: BoxSlopes | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.values.nbytes + self.exact.nbytes
+        held = sum(ns.nbytes for ns in self.slopes.values()) if self.slopes else 0
+        return self.values.nbytes + self.exact.nbytes + held
 
     def constrained(self, net: MergedNet, branch: np.ndarray, below: bool) -> Ranges:
         """These ranges with one neuron's pre-activation constrained to one side of a split point:
@@ -73,13 +77,14 @@ class Ranges:
         row = 2 * side + (1 if below else 0)  # ph / uh is lowered, or pl / ul raised
         values = self.values.copy()
         values[row, col] = min(values[row, col], at) if below else max(values[row, col], at)
-        return Ranges(values, self.exact)
+        return Ranges(values, self.exact, self.slopes)
 
     @staticmethod
     def of(analysis: Analysis, i: int) -> Ranges:
         values = np.concatenate([np.stack([nb.pl[i], nb.ph[i], nb.ul[i], nb.uh[i], nb.dl[i], nb.dh[i]])
                                  for nb in analysis.nodes], axis=1)
-        return Ranges(values, np.concatenate([nb.exact[i] for nb in analysis.nodes]))
+        slopes = None if analysis.slopes is None else analysis.slopes[i]
+        return Ranges(values, np.concatenate([nb.exact[i] for nb in analysis.nodes]), slopes)
 
 
 def _parents(net: MergedNet, ranges: list[Ranges], bounds: list[ErrorBound]) -> Analysis:
@@ -94,7 +99,8 @@ def _parents(net: MergedNet, ranges: list[Ranges], bounds: list[ErrorBound]) -> 
         at += node.size
     bound = ErrorBound(np.stack([b.low for b in bounds]), np.stack([b.high for b in bounds]))
     empty = BoxBatch(np.zeros((len(ranges), 1)), np.zeros((len(ranges), 1)))
-    return Analysis(empty, bound, tuple(nodes), tuple(None for _ in nodes))
+    return Analysis(empty, bound, tuple(nodes), tuple(None for _ in nodes),
+                    slopes=tuple(r.slopes for r in ranges))
 
 
 # --- jobs (pure functions of the problem and a job) ----------------------------------------------
@@ -179,7 +185,7 @@ def _stored_analysis(net: MergedNet, box: Box, ranges: Ranges, bound: ErrorBound
     stored = _parents(net, [ranges], [bound])
     lines = tuple(None if node.linear_only else node_lines(node, nb)
                   for node, nb in zip(net.nodes, stored.nodes, strict=True))
-    return Analysis(BoxBatch.of([box]), stored.bound, stored.nodes, lines)
+    return Analysis(BoxBatch.of([box]), stored.bound, stored.nodes, lines, slopes=stored.slopes)
 
 
 def enumerate_box(problem: Problem, job: LeafJob) -> tuple[Bounded, cells.CellOutputs, float]:

@@ -58,6 +58,7 @@ class Settings:
     slopes: str = "auto"  # float slopes in a search's boxes: fixed, optimised (alpha.py), or ("auto") by
     #   measured progress per multiply-add (both tried on a few boxes every branching_explore rounds)
     alpha_steps: int = 20  # gradient steps on the slopes of each optimised row (alpha.float_rows_bound)
+    alpha_warm_steps: int = 8  # ... where the rows start from their parent box's slopes (warm start)
     alpha_work_root: float = 2.0**31  # multiply-adds per box for optimised float ranges: the region itself
     alpha_work_box: float = 2.0**28  # ... each box of a search where slopes are optimised
     # --- memory (no effect on results) ---
@@ -101,8 +102,8 @@ class Settings:
         keys = ("max_boxes", "max_work", "round_boxes", "chunk_boxes", "falsify_samples", "falsify_steps",
                 "falsify_outputs", "edge_steps", "edge_starts", "falsify_work", "milp_nodes",
                 "milp_leaf_nodes", "symbolic_work_root", "symbolic_work_box", "alpha_steps",
-                "alpha_work_root", "alpha_work_box", "batch_neurons", "leaf_ranges_bytes", "branching",
-                "slopes", "seed")
+                "alpha_warm_steps", "alpha_work_root", "alpha_work_box", "batch_neurons", "leaf_ranges_bytes",
+                "branching", "slopes", "seed")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -28,7 +28,7 @@ from numba import njit
 
 from toolchain import blas
 from toolchain.certify import fused, relax
-from toolchain.certify.alpha import float_rows_bound
+from toolchain.certify.alpha import BoxSlopes, float_rows_bound
 from toolchain.certify.region import BoxBatch
 from toolchain.certify.result import ErrorBound
 from toolchain.certify.settings import DEFAULT, Settings
@@ -208,6 +208,8 @@ class Analysis:
     # node -1: none), from the worst output row's back-substitution (settings.branching not `input`).
     branch: np.ndarray | None = None
     infeasible: np.ndarray | None = None  # (B,) the box's domain is provably empty (NodeBounds.ordered)
+    # per box: the best optimised slopes of its rows, node by node (alpha.py: its children start from them)
+    slopes: tuple[BoxSlopes | None, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -220,9 +222,10 @@ class Analysis:
         scores = None if self.split_scores is None else self.split_scores[idx]
         branch = None if self.branch is None else self.branch[idx]
         infeasible = None if self.infeasible is None else self.infeasible[idx]
+        slopes = None if self.slopes is None else tuple(self.slopes[i] for i in idx)
         return Analysis(boxes, ErrorBound(self.bound.low[idx], self.bound.high[idx]),
                         tuple(nb.take(idx) for nb in self.nodes), lines, self.work, scores, branch,
-                        infeasible)
+                        infeasible, slopes)
 
     @staticmethod
     def stack(parts: list[Analysis]) -> Analysis:
@@ -238,8 +241,9 @@ class Analysis:
             got = [getattr(p, name) for p in parts]
             return None if any(g is None for g in got) else np.concatenate(got)
 
+        slopes = tuple(x for p in parts for x in (p.slopes or (None,) * len(p)))
         return Analysis(boxes, bound, nodes, lines, sum(p.work for p in parts), cat("split_scores"),
-                        cat("branch"), cat("infeasible"))
+                        cat("branch"), cat("infeasible"), slopes)
 
     def float_ranges(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per node, the float pre-activation range over the union of the boxes."""
@@ -1048,6 +1052,9 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     window: dict[int, tuple[np.ndarray, ...]] = {}  # where windows stop: ranges of y, ŷ, d (_windowed_rows)
     alpha_left = B * alpha_work
     float_side = sides == "float"
+    # Each box's slopes: its parent's, node by node, replaced where this analysis optimises a node's rows.
+    warm = parent.slopes if parent is not None and parent.slopes is not None else (None,) * B
+    slopes: list[BoxSlopes] = [dict(w) if w is not None else {} for w in warm]
     for t, node in enumerate(net.nodes):
         nb = forward_node(net, t, nodes, boxes)
         if parent is not None:
@@ -1103,7 +1110,7 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
                     nb = NodeBounds(nb.pl, nb.ph, np.maximum(nb.ul, nb.pl - nb.dh),
                                     np.minimum(nb.uh, nb.ph - nb.dl), nb.dl, nb.dh, nb.exact)
             if alpha_left > 0:
-                nb, cost = _alpha_ranges(net, t, nb, nodes, lines, boxes, settings, alpha_left)
+                nb, cost = _alpha_ranges(net, t, nb, nodes, lines, boxes, settings, alpha_left, slopes)
                 alpha_left -= cost
                 spent += cost
         if t > 0 and not node.linear_only:
@@ -1136,24 +1143,30 @@ def differential_analysis(net: MergedNet, boxes: BoxBatch, parent: Analysis | No
     if parent is not None:
         bound = bound.meet(parent.bound)
     spent += 2.0 * B * n * path[K]
+    kept = tuple(x or None for x in slopes)
     if not branching:
-        return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores)
+        return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores, slopes=kept)
     branch = branch_records(net, nodes, lines, boxes, worst)
     spent += B * path[K]
-    return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores, branch, empty)
+    return Analysis(boxes, bound, tuple(nodes), tuple(lines), spent, split_scores, branch, empty, kept)
 
 
 def _alpha_ranges(net: MergedNet, t: int, nb: NodeBounds, nodes, lines, boxes: BoxBatch, settings: Settings,
-                  left: float) -> tuple[NodeBounds, float]:
+                  left: float, slopes: list[BoxSlopes]) -> tuple[NodeBounds, float]:
     """Node t's float ranges tightened by optimised slopes (alpha.float_rows_bound) where they cross a
-    kink (every neuron of the output node), if the rows' work fits `left`: (ranges, work spent)."""
+    kink (every neuron of the output node), if the rows' work fits `left`: (ranges, work spent).
+    `slopes` (per box): where every box with rows holds its parent's slopes for node t, the rows start
+    from them and take settings.alpha_warm_steps; the rows' best slopes replace them."""
     node = net.nodes[t]
     if t == net.output:
         todo = np.ones(nb.pl.shape, dtype=bool)
     else:
         todo = ((nb.pl < node.f_lo) & (nb.ph > node.f_lo)) | ((nb.pl < node.f_hi) & (nb.ph > node.f_hi))
     box_of, neuron = np.nonzero(todo)
+    warm = [slopes[b].get(t) for b in range(len(boxes))]
     steps = settings.alpha_steps
+    if box_of.size and all(warm[b] is not None for b in np.unique(box_of)):
+        steps = settings.alpha_warm_steps
     # Each step pushes the rows back through the float side and its gradient forward again: about
     # path_costs (both sides' matrices) per row (timed on ACAS Xu like the fixed-slope rows).
     per_row = path_costs(net)[t]
@@ -1164,7 +1177,10 @@ def _alpha_ranges(net: MergedNet, t: int, nb: NodeBounds, nodes, lines, boxes: B
     C[np.arange(R), neuron] = 1.0
     C[R + np.arange(R), neuron] = -1.0
     owner = np.concatenate([box_of, box_of])
-    up, evaluations = float_rows_bound(net, t, C, owner, nodes, lines, boxes, steps)
+    up, evaluations, best = float_rows_bound(net, t, C, owner, nodes, lines, boxes, steps, warm)
+    for b, ns in enumerate(best):
+        if ns is not None:
+            slopes[b][t] = ns
     cost = per_row * C.shape[0] * evaluations
     ph, pl = np.full(nb.pl.shape, np.inf), np.full(nb.pl.shape, -np.inf)
     ph[box_of, neuron] = up[:R]
