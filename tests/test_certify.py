@@ -211,8 +211,8 @@ def test_acasxu_property1_box_is_sound(shared_models, tmp_path):
     pg = prepare.prepare(reader.read_model(res.int8_tflite))
     net = build(reader.read_model(res.float_tflite), pg, "float")
     box = Box(np.array([0.6, -0.5, -0.5, 0.45, -0.5]), np.array([0.6799, 0.5, 0.5, 0.5, -0.45]))
-    # A budget no bound meets: the search spends its box budget, down to boxes bounded by their
-    # input cells (two worker processes, as the gate runs it).
+    # A budget no bound meets: the search goes on down to boxes bounded by their input cells (two
+    # worker processes, as the gate runs it).
     cert = certify(net, pg, [box], budget=1e-6, target="cortex-m4", method="auto",
                    settings=DEFAULT.replace(max_boxes=500, falsify_samples=500), workers=2)
     seen = _sampled_max(net, pg, box, n=4000)
@@ -220,6 +220,9 @@ def test_acasxu_property1_box_is_sound(shared_models, tmp_path):
     seen = np.maximum(seen, _sampled_max(net, pg, Box(np.maximum(worst - 0.01, box.low),
                                                       np.minimum(worst + 0.01, box.high)), n=4000))
     r = cert.regions[0]
-    assert r.work["boxes"] >= 500 and r.work["enumerated"] >= 1
+    # The box budget is spent, or `auto` saw splitting stall (the bound within 1% over the last three
+    # quarters of the work) first: at 500 boxes this wide box is far from done, and both happen.
+    assert (r.work["boxes"] >= 500 or (r.stopped == "stalled" and r.work["boxes"] >= 400))
+    assert r.work["enumerated"] >= 1
     assert all(o.upper >= s for o, s in zip(cert.outputs, seen, strict=True))
     assert "SOFTMAX" in " ".join(cert.notes)
