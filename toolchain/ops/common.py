@@ -13,8 +13,15 @@ from typing import Any, TypeVar
 import numpy as np
 import scipy.sparse as sp
 
-from toolchain.arith import Rounding, quantize_multiplier, round_half_away_f32
+from toolchain.arith import (
+    Rounding,
+    effective_scale,
+    quantize_multiplier,
+    requant_error_bound,
+    round_half_away_f32,
+)
 from toolchain.errors import ModelError, QassureError, UnsupportedOpError
+from toolchain.margins import FP_SLACK
 from toolchain.ops.base import CWriter, LowerContext, Lowered
 from toolchain.tflite import ir
 
@@ -166,6 +173,24 @@ def float_constant(fg: ir.Graph, t: int) -> np.ndarray:
         scale, zp = tensor.quant.scalar()
         data = (data - zp) * scale
     return data
+
+
+def output_stage_lowered(ctx: LowerContext, requant: Requant, bias_q: np.ndarray, A_f: sp.spmatrix,
+                         bias_f: np.ndarray | None, A_int: sp.spmatrix) -> Lowered:
+    """The node of a convolution-like op over flattened NHWC tensors: float side A_f y + bias_f; int8 side
+    the integer weights A_int (output channel last) scaled row by row by the device's effective multiplier
+    of the row's channel, s_out M / s_in, its bias s_out M b, and one output-stage rounding (rho per
+    channel) before the activation clamp."""
+    m = effective_scale(requant.multiplier, requant.shift)  # per channel
+    rho = requant_error_bound(requant.shift, ctx.rounding)
+    s_out, n = ctx.scale, ctx.size
+    reps = n // len(m)
+    A_q = sp.csr_matrix(sp.diags(np.tile(s_out * m / ctx.input_scales[0], reps)) @ A_int)
+    c_f = np.tile(bias_f if bias_f is not None else np.zeros(len(m)), reps)
+    c_q = np.tile(s_out * m * bias_q, reps)
+    noise = np.tile(s_out * rho, reps)
+    q_lo, q_hi = clamp_range(requant.act_min, requant.act_max, s_out, ctx.zero_point, n)
+    return Lowered((A_f,), c_f, ctx.f_lo, ctx.f_hi, (A_q,), c_q, noise * (1 + FP_SLACK), q_lo, q_hi)
 
 
 def copying(ctx: LowerContext, source: np.ndarray) -> Lowered:

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from toolchain.arith import Rounding, effective_scale, requant_error_bound
+from toolchain.arith import Rounding
 from toolchain.errors import UnsupportedOpError
-from toolchain.margins import FP_SLACK
 from toolchain.ops import common as C
 from toolchain.ops import kernels as K
 from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
@@ -261,25 +260,11 @@ class ConvOp(Op):
         the device's effective multiplier per channel, noise rho per channel (DESIGN.md)."""
         p: Conv = ctx.prepared
         wf, bf = C.float_weights(ctx.float_graph, ctx.float_op)
-        m = effective_scale(p.requant.multiplier, p.requant.shift)  # per channel
-        rho = requant_error_bound(p.requant.shift, ctx.rounding)
-        s_out, n = ctx.scale, ctx.size
         in_shape, out_shape = ctx.input_shape(0), ctx.output.shape
         geometry = (p.stride, p.dilation, p.padding, p.depthwise, p.depth_multiplier)
         A_f = conv_matrix(in_shape, out_shape, wf, *geometry)
-        wq_scaled = p.weights.astype(np.float64)
-        ch_scale = s_out * m / ctx.input_scales[0]
-        if p.depthwise:
-            wq_scaled = wq_scaled * ch_scale[None, None, None, :]
-        else:
-            wq_scaled = wq_scaled * ch_scale[:, None, None, None]
-        A_q = conv_matrix(in_shape, out_shape, wq_scaled, *geometry)
-        reps = n // len(m)
-        c_f = np.tile(bf if bf is not None else np.zeros(len(m)), reps)
-        c_q = np.tile(s_out * m * p.bias, reps)
-        noise = np.tile(s_out * rho, reps)
-        q_lo, q_hi = C.clamp_range(p.requant.act_min, p.requant.act_max, s_out, ctx.zero_point, n)
-        return Lowered((A_f,), c_f, ctx.f_lo, ctx.f_hi, (A_q,), c_q, noise * (1 + FP_SLACK), q_lo, q_hi)
+        A_int = conv_matrix(in_shape, out_shape, p.weights.astype(np.float64), *geometry)
+        return C.output_stage_lowered(ctx, p.requant, p.bias, A_f, bf, A_int)
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: Conv) -> None:
         name = f"op{op.index}"

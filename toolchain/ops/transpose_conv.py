@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from toolchain.arith import Rounding, effective_scale, requant_error_bound
+from toolchain.arith import Rounding
 from toolchain.errors import QassureError, UnsupportedOpError
-from toolchain.margins import FP_SLACK
 from toolchain.ops import common as C
 from toolchain.ops import kernels as K
 from toolchain.ops.base import CWriter, LowerContext, Lowered, Op, OpData
@@ -139,21 +138,11 @@ class TransposeConvOp(Op):
         p: TransposeConv = ctx.prepared
         fg, fo = ctx.float_graph, ctx.float_op
         wf, bias_f = C.float_weights(fg, fo, bias_slot=_BIAS)
-        bf = bias_f if bias_f is not None else np.zeros(wf.shape[0])
         if wf.shape != p.weights.shape:
             raise QassureError(f"{ctx.name}: float weights {wf.shape} against int8 {p.weights.shape}")
-        m = effective_scale(p.requant.multiplier, p.requant.shift)
-        rho = requant_error_bound(p.requant.shift, ctx.rounding)
-        s_out, n = ctx.scale, ctx.size
-        reps = n // p.out_shape[3]
         A_f = transpose_conv_matrix(p.in_shape, p.out_shape, wf, p.stride, p.padding)
-        wq = p.weights.astype(np.float64) * (s_out * m / ctx.input_scales[0])[:, None, None, None]
-        A_q = transpose_conv_matrix(p.in_shape, p.out_shape, wq, p.stride, p.padding)
-        c_q = np.tile(s_out * m * p.bias, reps)
-        noise = np.tile(s_out * rho, reps)
-        q_lo, q_hi = C.clamp_range(p.requant.act_min, p.requant.act_max, s_out, ctx.zero_point, n)
-        return Lowered((A_f,), np.tile(bf, reps), ctx.f_lo, ctx.f_hi, (A_q,), c_q, noise * (1 + FP_SLACK),
-                       q_lo, q_hi)
+        A_int = transpose_conv_matrix(p.in_shape, p.out_shape, p.weights, p.stride, p.padding)
+        return C.output_stage_lowered(ctx, p.requant, p.bias, A_f, bias_f, A_int)
 
     def emit_c(self, w: CWriter, op: ir.Operator, p: TransposeConv) -> None:
         name = f"op{op.index}"
